@@ -288,7 +288,7 @@ export function listenVsock(cid: number, port: number, backlog = 128): FdListene
   });
 }
 
-export function connectVsock(cid: number, port: number): Promise<FdSocket> {
+export async function connectVsock(cid: number, port: number): Promise<FdSocket> {
   const [c, p] = vsockArgs(cid, port);
   const fd = sync(() => native.socket(C.AF_VSOCK, C.SOCK_STREAM));
   const rc = withFd(fd, () => sync(() => native.connect(fd, C.AF_VSOCK, c, p), `vsock:${c}:${p}`));
@@ -306,7 +306,7 @@ export function listenUnix(path: string, backlog = 128): FdListener {
   });
 }
 
-export function connectUnix(path: string): Promise<FdSocket> {
+export async function connectUnix(path: string): Promise<FdSocket> {
   const b = unixPathBytes(path);
   const fd = sync(() => native.socket(C.AF_UNIX, C.SOCK_STREAM));
   const rc = withFd(fd, () => sync(() => native.connect(fd, C.AF_UNIX, b), path));

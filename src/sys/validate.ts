@@ -26,7 +26,7 @@ export function dirfd(v: unknown, atFdcwd: number, name = 'dirfd'): number {
 }
 
 export function bigU64(v: unknown, name: string): bigint {
-  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return BigInt(v);
+  if (typeof v === 'number' && Number.isSafeInteger(v)) v = BigInt(v);
   if (typeof v !== 'bigint') throw new TypeError(`${name} must be a bigint or safe integer, got ${describe(v)}`);
   if (v < 0n || v > 0xffff_ffff_ffff_ffffn) throw new RangeError(`${name} must fit in 64 unsigned bits, got ${v}`);
   return v;

@@ -1,0 +1,133 @@
+// Sockets Node lacks: AF_UNIX with SCM_RIGHTS, AF_VSOCK, inherited fds.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { once } from 'node:events';
+import * as sys from '../src/sys/index.js';
+import type { FdSocket } from '../src/sys/index.js';
+
+const K = sys.constants;
+
+function readExactly(s: FdSocket, n: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let got = 0;
+    const onData = (d: Buffer): void => {
+      parts.push(d);
+      got += d.length;
+      if (got >= n) {
+        s.off('data', onData);
+        s.pause();
+        resolve(Buffer.concat(parts));
+      }
+    };
+    s.on('data', onData);
+    s.once('error', reject);
+  });
+}
+
+describe('AF_UNIX sockets with fd passing', () => {
+  it('an fd survives a trip across a socketpair and reads the same file', async () => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'prism-scm-')), 'payload');
+    fs.writeFileSync(file, 'carried by SCM_RIGHTS');
+    const [a, b] = sys.unixSocketPair();
+    const fd = fs.openSync(file, 'r');
+    const received = once(b, 'fds') as Promise<[number[]]>;
+    const bytes = readExactly(b, 3);
+    a.writeWithFds(Buffer.from('msg'), [fd]);
+    const [[got]] = await Promise.all([received, bytes]).then(([f, d]) => [f, d] as const);
+    assert.equal(got.length, 1);
+    const passed = got[0];
+    assert.ok(passed !== undefined && passed !== fd, 'the receiver gets a new fd number');
+    assert.equal(fs.readFileSync(passed, 'utf8'), 'carried by SCM_RIGHTS');
+    assert.equal((await bytes).toString(), 'msg');
+    fs.closeSync(fd);
+    fs.closeSync(passed);
+    a.destroy();
+    b.destroy();
+  });
+
+  it('listens and connects on a path, moves 4 MiB both ways with back-pressure, and ends cleanly', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-unix-'));
+    const sock = path.join(dir, 's.sock');
+    const listener = sys.listenUnix(sock);
+    const accepted = once(listener, 'connection') as Promise<[FdSocket]>;
+    const client = await sys.connectUnix(sock);
+    const [server] = await accepted;
+    assert.deepEqual(listener.address(), { family: 'unix', path: sock });
+    assert.deepEqual(client.remoteAddress(), { family: 'unix', path: sock });
+    // Echo server.
+    server.pipe(server);
+    const payload = Buffer.alloc(4 * 1024 * 1024);
+    for (let i = 0; i < payload.length; i++) payload[i] = (i * 7) & 0xff;
+    const echoed = readExactly(client, payload.length);
+    client.end(payload);
+    const back = await echoed;
+    assert.equal(back.length, payload.length);
+    assert.ok(back.equals(payload));
+    client.resume();
+    await once(client, 'end');
+    client.destroy();
+    listener.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('connecting to a path nobody listens on fails with ENOENT or ECONNREFUSED', async () => {
+    await assert.rejects(sys.connectUnix(path.join(os.tmpdir(), 'prism-nobody-here.sock')), (e: unknown) => {
+      assert.ok(e instanceof sys.SysError);
+      assert.ok(['ENOENT', 'ECONNREFUSED'].includes(e.code));
+      return true;
+    });
+  });
+
+  it('refuses a socket path longer than sun_path with a message naming the path', () => {
+    assert.throws(() => sys.listenUnix('/tmp/' + 'x'.repeat(200)), /unix socket path must be 1\.\.107 bytes/);
+  });
+
+  it('writeWithFds refuses empty data and non-fds', () => {
+    const [a, b] = sys.unixSocketPair();
+    assert.throws(() => a.writeWithFds(Buffer.alloc(0), [0]), TypeError);
+    assert.throws(() => a.writeWithFds(Buffer.from('x'), [-1]), RangeError);
+    a.destroy();
+    b.destroy();
+  });
+
+  it('socketInfo describes inherited fds and adoptSocket wraps a connected one', async () => {
+    const [a, b] = sys.unixSocketPair();
+    assert.deepEqual(sys.socketInfo(a.fd), { domain: 'unix', type: 'stream', listening: false });
+    const dup = fs.openSync('/dev/null', 'r');
+    assert.throws(() => sys.socketInfo(dup), (e: unknown) => e instanceof sys.SysError && e.code === 'ENOTSOCK');
+    fs.closeSync(dup);
+    // Pass one end of a second pair across the first, then adopt the received fd.
+    const [c, d] = sys.unixSocketPair();
+    const received = once(b, 'fds') as Promise<[number[]]>;
+    b.resume();
+    a.writeWithFds(Buffer.from('!'), [c.fd]);
+    const [[passed]] = await received;
+    assert.ok(passed !== undefined);
+    const adopted = sys.adoptSocket(passed);
+    const got = readExactly(d, 5);
+    adopted.write('hello');
+    assert.equal((await got).toString(), 'hello');
+    assert.throws(() => sys.adoptListener(d.fd), /is not a listening stream socket/);
+    for (const s of [a, b, c, d, adopted]) s.destroy();
+  });
+});
+
+describe('AF_VSOCK sockets', () => {
+  it('listens on any CID and reports the bound port with getsockname', () => {
+    const listener = sys.listenVsock(K.VMADDR_CID_ANY, 0x7f00_1234 >>> 0);
+    const addr = listener.address();
+    assert.equal(addr.family, 'vsock');
+    assert.equal(addr.family === 'vsock' && addr.port, 0x7f00_1234);
+    assert.deepEqual(sys.socketInfo(listener.fd), { domain: 'vsock', type: 'stream', listening: true });
+    listener.close();
+  });
+
+  it('refuses CIDs and ports outside 32 bits before any syscall', async () => {
+    assert.throws(() => sys.listenVsock(-1, 1), RangeError);
+    await assert.rejects(sys.connectVsock(3, 2 ** 32), RangeError);
+  });
+});
