@@ -150,7 +150,10 @@ export interface SerialPort {
   name: string;
   /** Host Unix socket path. */
   path: string;
-  /** false (default): the host test listens and QEMU connects at start. true: QEMU listens (wait=off). */
+  /**
+   * false (default): the host test listens and QEMU connects at start (QEMU fails if nobody listens).
+   * true: QEMU listens (wait=off); guest writes block until the host connects.
+   */
   server?: boolean;
 }
 
@@ -179,6 +182,8 @@ export interface GuestOptions {
   vhostUser?: VhostUserDevice[];
   /** Put guest RAM in a shared memfd even without vhostUser (e.g. for devices in extraArgs). */
   sharedMemory?: boolean;
+  /** QEMU -cpu model; default max. */
+  cpu?: string;
   /** Guest RAM; default 512. */
   memoryMiB?: number;
   /** Appended to the kernel command line. */
@@ -242,7 +247,7 @@ export function qemuArgs(opts: GuestOptions, lab: LabPaths, initrd: string): str
   const shared = vhost.length > 0 || opts.sharedMemory === true;
   const append = opts.append ? `${BASE_APPEND} ${opts.append}` : BASE_APPEND;
   const args = ['-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot'];
-  args.push('-accel', 'tcg', '-cpu', 'max', '-smp', '1', '-m', `${mem}M`);
+  args.push('-accel', 'tcg', '-cpu', opts.cpu ?? 'max', '-smp', '1', '-m', `${mem}M`);
   if (shared) {
     args.push('-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`);
     args.push('-machine', 'pc,memory-backend=mem');

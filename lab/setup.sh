@@ -116,6 +116,8 @@ if [ ! -f "$root/.unpacked" ] || [ "$(cat "$root/.unpacked")" != "$kpkgver" ]; t
   rm -rf "$root"
   mkdir -p "$root"
   dpkg-deb -x "$deb" "$root"
+  # depmod -b and modprobe -d look in DIR/lib/modules; newer packages ship usr/lib/modules
+  [ -e "$root/lib" ] || [ ! -d "$root/usr/lib/modules" ] || ln -s usr/lib "$root/lib"
   [ -d "$root/lib/modules/$kver" ] || die "$deb has no lib/modules/$kver"
   depmod -b "$root" "$kver"
   echo "$kpkgver" > "$root/.unpacked"
@@ -251,7 +253,7 @@ extract_vmlinux() {
   for off in $(grep -obUa $'\xfd7zXZ' "$out/vmlinuz" | cut -d: -f1); do
     tail -c +$((off + 1)) "$out/vmlinuz" | xz -dcq --single-stream > "$out/vmlinux.new" 2>/dev/null || true
     if [ "$(head -c 4 "$out/vmlinux.new" 2>/dev/null)" = $'\x7fELF' ]; then
-      if ! command -v readelf >/dev/null || readelf -n "$out/vmlinux.new" | grep -q 'Xen.*(0x00000012)'; then
+      if ! command -v readelf >/dev/null || readelf -n "$out/vmlinux.new" | grep -qE '\(0x00000012\)|PHYS32_ENTRY'; then
         mv "$out/vmlinux.new" "$out/vmlinux"
         return 0
       fi
@@ -265,4 +267,10 @@ mv "$stage.cpio.gz" "$out/initramfs.cpio.gz"
 printf '%s\n' "$stamp_text" > "$out/stamp"
 echo "$kver" > "$lab/current.new"
 mv "$lab/current.new" "$lab/current"
+# Older kernels' builds and packages are dead weight (a build is ~450 MB with its unpacked tree).
+for d in "$lab"/*/; do
+  d=${d%/}
+  case ${d##*/} in "$kver" | debs) ;; *) [ -f "$d/stamp" ] && [ -f "$d/initramfs.cpio.gz" ] && rm -rf "$d" ;; esac
+done
+find "$lab/debs" -maxdepth 1 -name '*.deb' ! -samefile "$deb" -delete
 summary "built ${#seen[@]} modules"
