@@ -6,7 +6,9 @@
 # Run as root. Idempotent: a second run only checks versions and exits (well under 2 s).
 # Cache: lab/cache/ (or $PRISM_LAB_DIR), keyed by kernel version:
 #   current                       the kernel version lab/guest.ts boots
-#   <kver>/vmlinuz                the kernel
+#   <kver>/vmlinuz                the kernel (bzImage)
+#   <kver>/vmlinux                the same kernel uncompressed; QEMU boots it via its PVH entry,
+#                                 which saves the ~4 s TCG needs to decompress the bzImage
 #   <kver>/initramfs.cpio.gz      the base initramfs (test scripts are appended by lab/guest.ts)
 #   <kver>/stamp                  what the build was made from; a mismatch rebuilds
 #   debs/, <kver>/root/           the downloaded kernel package and its unpacked tree
@@ -98,6 +100,10 @@ fi
 mkdir -p "$lab/debs" "$out"
 exec 9>"$lab/.lock"
 flock 9
+if up_to_date "$kernel_line"; then # another run built it while we waited for the lock
+  summary "up to date"
+  exit 0
+fi
 
 # --- kernel: download, unpack, depmod ---------------------------------------------------------
 deb=$(ls "$lab/debs/${kpkg}_"*.deb 2>/dev/null | while read -r f; do
@@ -270,7 +276,8 @@ mv "$lab/current.new" "$lab/current"
 # Older kernels' builds and packages are dead weight (a build is ~450 MB with its unpacked tree).
 for d in "$lab"/*/; do
   d=${d%/}
-  case ${d##*/} in "$kver" | debs) ;; *) [ -f "$d/stamp" ] && [ -f "$d/initramfs.cpio.gz" ] && rm -rf "$d" ;; esac
+  case ${d##*/} in "$kver" | debs) continue ;; esac
+  if [ -f "$d/stamp" ] && [ -f "$d/initramfs.cpio.gz" ]; then rm -rf "$d"; fi
 done
 find "$lab/debs" -maxdepth 1 -name '*.deb' ! -samefile "$deb" -delete
 summary "built ${#seen[@]} modules"

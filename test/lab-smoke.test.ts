@@ -21,10 +21,13 @@ async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
 
 describe('guest lab', () => {
   it('labPaths throws the set-up instructions when the cache is empty', async () => {
-    await withTempDir(async (dir) => {
+    await withTempDir((emptyCache) => {
       // Arrange: an empty cache directory
       // Act + Assert
-      assert.throws(() => labPaths(dir), (err: Error) => err.name === 'LabNotSetUpError' && err.message.startsWith(LAB_SETUP_HINT));
+      assert.throws(
+        () => labPaths(emptyCache),
+        (err: Error) => err.name === 'LabNotSetUpError' && err.message.startsWith(LAB_SETUP_HINT),
+      );
       return Promise.resolve();
     });
   });
@@ -110,7 +113,7 @@ describe('guest lab', () => {
     });
   });
 
-  it('loads the 9p transports and carries data over vsock loopback with socat', async () => {
+  it('loads the 9p, vhci and vsock modules, runs usbip, and carries data over vsock loopback with socat', async () => {
     // Arrange
     requireLab();
     const script = String.raw`
@@ -119,6 +122,7 @@ modprobe 9pnet_fd || exit 21
 for m in 9pnet 9pnet_fd 9pnet_virtio 9p virtio_console vhci_hcd usbip_core virtiofs vsock_loopback; do
   grep -q "^$m " /proc/modules || { echo "module $m not loaded"; exit 22; }
 done
+usbip port | grep -q 'Imported USB devices' || { echo "usbip port failed"; exit 25; }
 socat -V | grep -q 'WITH_VSOCK 1' || { echo "socat lacks vsock"; exit 23; }
 socat -u VSOCK-LISTEN:5000 CREATE:/tmp/vsock.out &
 listener=$!
