@@ -271,6 +271,7 @@ export function qemuArgs(opts: GuestOptions, lab: LabPaths, initrd: string): str
     const vectors = (v: number | undefined): string => (v === undefined ? '' : `,vectors=${v}`);
     switch (d.kind) {
       case 'net':
+        if (d.mac !== undefined && !/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(d.mac)) throw new Error(`bad MAC: ${d.mac}`);
         args.push('-netdev', `vhost-user,id=vunet${i},chardev=${chr}`);
         args.push('-device', `virtio-net-pci,netdev=vunet${i}${vectors(d.vectors ?? 0)}${d.mac ? `,mac=${d.mac}` : ''}`);
         break;
