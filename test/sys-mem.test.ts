@@ -18,8 +18,8 @@ describe('memfd and mmap', () => {
     const viaRead = Buffer.alloc(1);
     fs.readSync(fd, viaRead, 0, 1, 4096);
     assert.equal(viaRead[0], 0x5a);
-    sys.munmap(a.buffer as ArrayBuffer);
-    sys.munmap(b.buffer as ArrayBuffer);
+    sys.munmap(a.buffer);
+    sys.munmap(b.buffer);
     fs.closeSync(fd);
   });
 

@@ -186,7 +186,7 @@ export async function fgetxattr(fd: number, name: PathArg, size?: number): Promi
   for (let attempt = 0; ; attempt++) {
     const len = (await async(native.fgetxattr(f, n, 0), v.showPath(name))) as number;
     try {
-      return (await async(native.fgetxattr(f, n, Math.max(len, 1)), v.showPath(name))) as Buffer;
+      return (await async(native.fgetxattr(f, n, Math.max(len, 1)), v.showPath(name)));
     } catch (e) {
       if (!(e instanceof SysError && e.is('ERANGE')) || attempt >= 3) throw e;
     }

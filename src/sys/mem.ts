@@ -78,10 +78,10 @@ export class EventFd {
       this.poller?.stop();
       return;
     }
-    this.poller ??= new native.Poller(this.fd, () => {
+    this.poller ??= sync(() => new native.Poller(this.fd, () => {
       const value = this.read();
       if (value !== null) this.listener?.(value);
-    });
+    }));
     this.listener = cb;
     this.poller.start(C.UV_READABLE);
   }

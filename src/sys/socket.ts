@@ -54,7 +54,7 @@ export class FdSocket extends Duplex {
     super({ allowHalfOpen: true });
     this.fd = v.fd(fd);
     this.acceptFds = opts.acceptFds ?? false;
-    this.poller = new native.Poller(this.fd, (status, events) => this.onPoll(status, events));
+    this.poller = sync(() => new native.Poller(this.fd, (status, events) => this.onPoll(status, events)));
   }
 
   /** Queues `data` to be sent with `fds` attached (SCM_RIGHTS); the fds stay owned by the caller. */
@@ -198,7 +198,7 @@ export class FdListener extends EventEmitter {
     super();
     this.fd = v.fd(fd);
     this.acceptFds = opts.acceptFds ?? false;
-    this.poller = new native.Poller(this.fd, (status) => this.onReadable(status));
+    this.poller = sync(() => new native.Poller(this.fd, (status) => this.onReadable(status)));
     this.poller.start(C.UV_READABLE);
   }
 
@@ -264,7 +264,7 @@ function withFd<T>(fd: number, fn: () => T): T {
 function finishConnect(fd: number, rc: number, what: string, opts: { acceptFds: boolean }): Promise<FdSocket> {
   if (rc === 0) return Promise.resolve(new FdSocket(fd, opts));
   return new Promise((resolve, reject) => {
-    const poller = new native.Poller(fd, (status) => {
+    const poller = sync(() => new native.Poller(fd, (status) => {
       poller.close();
       const err = status < 0 ? -status : sync(() => native.getsockoptInt(fd, C.SO_ERROR));
       if (err !== 0) {
@@ -273,7 +273,7 @@ function finishConnect(fd: number, rc: number, what: string, opts: { acceptFds: 
         return;
       }
       resolve(new FdSocket(fd, opts));
-    });
+    }));
     poller.start(C.UV_WRITABLE);
   });
 }

@@ -62,8 +62,11 @@ export function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Buffer.isBuffer(v)) return `Buffer(${v.length})`;
   if (typeof v === 'object') return v.constructor?.name ?? 'object';
+  if (typeof v === 'function') return 'function';
   if (typeof v === 'string') return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v)}`;
-  return `${typeof v} ${String(v)}`;
+  if (typeof v === 'symbol') return 'symbol';
+  if (v === undefined) return 'undefined';
+  return `${typeof v} ${(v as number | bigint | boolean).toString()}`;
 }
 
 /** Printable form of a path for error messages. */
