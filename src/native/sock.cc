@@ -4,6 +4,7 @@
 // Would-block is reported as a null result, not as an error.
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -231,6 +232,18 @@ Napi::Value Sendmsg(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// This machine's own vsock CID (IOCTL_VM_SOCKETS_GET_LOCAL_CID on /dev/vsock).
+Napi::Value VsockLocalCid(const Napi::CallbackInfo& info) {
+  int fd = open("/dev/vsock", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "open");
+  unsigned int cid = 0;
+  int rc = ioctl(fd, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid);
+  int err = errno;
+  close(fd);
+  if (rc < 0) ThrowErrno(info.Env(), err, "ioctl");
+  return Napi::Number::New(info.Env(), cid);
+}
+
 // Makes an inherited fd non-blocking (sockets created here already are).
 Napi::Value SetNonblock(const Napi::CallbackInfo& info) {
   int fd = ArgInt(info, 0);
@@ -349,6 +362,7 @@ void InitSock(Napi::Env env, Napi::Object exports) {
   exports.Set("getsockoptInt", Napi::Function::New(env, GetsockoptInt));
   exports.Set("recvmsg", Napi::Function::New(env, Recvmsg));
   exports.Set("sendmsg", Napi::Function::New(env, Sendmsg));
+  exports.Set("vsockLocalCid", Napi::Function::New(env, VsockLocalCid));
   exports.Set("setNonblock", Napi::Function::New(env, SetNonblock));
   exports.Set("shutdown", Napi::Function::New(env, Shutdown));
   exports.Set("close", Napi::Function::New(env, Close));

@@ -176,6 +176,7 @@ export interface NativeBinding {
   recvmsg(fd: number, buf: Buffer, offset: number, length: number, maxFds: number): NativeRecv | null;
   sendmsg(fd: number, buf: Buffer, offset: number, length: number, fds: number[]): number | null;
   setNonblock(fd: number): void;
+  vsockLocalCid(): number;
   shutdown(fd: number, how: number): void;
   close(fd: number): void;
   Poller: new (fd: number, cb: (status: number, events: number) => void) => NativePoller;

@@ -351,3 +351,8 @@ export function adoptListener(fd: number): FdListener {
   sync(() => native.setNonblock(fd), `fd:${fd}`);
   return new FdListener(fd, { acceptFds: info.domain === 'unix' });
 }
+
+/** This machine's vsock CID (from /dev/vsock); a SysError when there is no vsock transport. */
+export function vsockLocalCid(): number {
+  return sync(() => native.vsockLocalCid(), '/dev/vsock');
+}

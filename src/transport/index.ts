@@ -3,6 +3,7 @@
 // kind it is.
 import * as net from 'node:net';
 import * as fs from 'node:fs';
+import { dirname } from 'node:path';
 import { EventEmitter, once } from 'node:events';
 import type { Duplex } from 'node:stream';
 import * as sys from '../sys/index.js';
@@ -26,7 +27,7 @@ function describeFailure(addr: string, action: 'listen on' | 'connect to', e: un
   const code = (e as { code?: string }).code ?? 'EIO';
   const hints: Record<string, string> = {
     EADDRINUSE: 'the address is in use: stop the other server or pick another address',
-    EACCES: 'permission denied: run as a user allowed to use this address (ports < 1024 need privileges)',
+    EACCES: action === 'listen on' ? 'permission denied: run as a user allowed to bind it (TCP ports < 1024 need privileges; a socket path needs a writable directory)' : 'permission denied',
     EADDRNOTAVAIL: 'no such local address (for vsock: is the vsock transport loaded?)',
     ECONNREFUSED: 'nothing is listening there: start the server first',
     ENOENT: 'no such socket file: start the server first or check the path',
@@ -155,6 +156,12 @@ async function listenNode(server: net.Server, options: net.ListenOptions): Promi
 }
 
 async function listenNodeUnix(path: string, shown: string): Promise<Listener> {
+  // libuv reports a missing directory as EACCES; say what is really wrong.
+  const dir = dirname(path);
+  if (!fs.existsSync(dir)) {
+    const detail = `the directory ${dir} does not exist: create it first`;
+    throw Object.assign(new Error(detail), { code: 'ENOENT', detail });
+  }
   const server = net.createServer({ allowHalfOpen: true });
   try {
     await listenNode(server, { path });
