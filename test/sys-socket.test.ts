@@ -49,6 +49,20 @@ describe('AF_UNIX sockets with fd passing', () => {
     b.destroy();
   });
 
+  it('closes fds nobody asked for, so a peer cannot fill our fd table', async () => {
+    const [a, b] = sys.unixSocketPair();
+    const countFds = (): number => fs.readdirSync('/proc/self/fd').length;
+    const before = countFds();
+    const fd = fs.openSync('/dev/null', 'r');
+    const bytes = readExactly(b, 100);
+    for (let i = 0; i < 100; i++) a.writeWithFds(Buffer.from('x'), [fd]);
+    assert.equal((await bytes).length, 100);
+    fs.closeSync(fd);
+    assert.equal(countFds(), before, 'no received fd was left open');
+    a.destroy();
+    b.destroy();
+  });
+
   it('listens and connects on a path, moves 4 MiB both ways with back-pressure, and ends cleanly', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-unix-'));
     const sock = path.join(dir, 's.sock');

@@ -23,20 +23,39 @@ function toAddress(a: NativeSockAddr): SocketAddress {
   return { family: 'other', domain: a.family };
 }
 
-/** libuv reports poll failures as -errno on Linux. */
-function errFromStatus(status: number, syscall: string): SysError {
-  return new SysError(errnoName(-status), -status, syscall);
+const EBADF = 9;
+
+/**
+ * The errno behind a poll event: the socket's pending error (SO_ERROR, which also clears it), else
+ * the poll status (libuv's -errno), else 0. libuv reports POLLERR as UV_EBADF without asking the
+ * socket, so a refused or reset connect (vsock answers an unbound port with a reset) would
+ * otherwise surface as EBADF.
+ */
+function pollErrno(fd: number, status: number): number {
+  let soError: number;
+  try {
+    soError = native.getsockoptInt(fd, C.SO_ERROR);
+  } catch (e) {
+    soError = (e as { errno?: number }).errno ?? 0;
+  }
+  return soError !== 0 ? soError : status < 0 ? -status : 0;
 }
 
-/** Fds received with a chunk of bytes, in the order the peer sent them. */
-export interface FdSocketEvents {
-  fds: (fds: number[]) => void;
+function pollError(fd: number, status: number, syscall: string): SysError {
+  const errno = pollErrno(fd, status);
+  return new SysError(errnoName(errno), errno, syscall);
+}
+
+/** EBADF for an fd we already closed: its number may belong to another file by now. */
+function closedError(syscall: string): SysError {
+  return new SysError(errnoName(EBADF), EBADF, syscall);
 }
 
 /**
  * A connected, non-blocking stream socket as a Duplex. Received fds are
  * emitted as an `fds` event just before the bytes they arrived with; the
- * receiver owns them (close them if unused). Use writeWithFds() to send fds.
+ * listener owns them (closes them if unused). Without an `fds` listener they
+ * are closed on arrival. Use writeWithFds() to send fds.
  */
 export class FdSocket extends Duplex {
   readonly fd: number;
@@ -69,10 +88,12 @@ export class FdSocket extends Duplex {
   }
 
   localAddress(): SocketAddress {
+    if (this.released) throw closedError('getsockname');
     return toAddress(sync(() => native.getsockname(this.fd)));
   }
 
   remoteAddress(): SocketAddress {
+    if (this.released) throw closedError('getpeername');
     return toAddress(sync(() => native.getpeername(this.fd)));
   }
 
@@ -88,7 +109,7 @@ export class FdSocket extends Duplex {
   private onPoll(status: number, events: number): void {
     if (this.released) return;
     if (status < 0) {
-      this.destroy(errFromStatus(status, 'poll'));
+      this.destroy(pollError(this.fd, status, 'poll'));
       return;
     }
     if (events & C.UV_WRITABLE) this.flushWrite();
@@ -105,7 +126,7 @@ export class FdSocket extends Duplex {
         return;
       }
       if (r === null) break; // would block: wait for readiness
-      if (r.fds.length > 0) this.emit('fds', r.fds);
+      if (r.fds.length > 0) this.takeFds(r.fds);
       if (r.bytes === 0) {
         this.wantRead = false;
         this.setInterest();
@@ -116,6 +137,25 @@ export class FdSocket extends Duplex {
       if (!this.push(chunk)) this.wantRead = false;
     }
     this.setInterest();
+  }
+
+  /**
+   * Hands received fds to the 'fds' listeners. Nobody listening means nobody
+   * will ever close them, so they are closed here: a peer cannot fill our fd
+   * table by sending fds we did not ask for.
+   */
+  private takeFds(fds: number[]): void {
+    if (this.listenerCount('fds') > 0) {
+      this.emit('fds', fds);
+      return;
+    }
+    for (const f of fds) {
+      try {
+        native.close(f);
+      } catch {
+        // already gone
+      }
+    }
   }
 
   override _read(): void {
@@ -203,13 +243,14 @@ export class FdListener extends EventEmitter {
   }
 
   address(): SocketAddress {
+    if (this.released) throw closedError('getsockname');
     return toAddress(sync(() => native.getsockname(this.fd)));
   }
 
   private onReadable(status: number): void {
     if (this.released) return;
     if (status < 0) {
-      this.emit('error', errFromStatus(status, 'accept4'));
+      this.emit('error', pollError(this.fd, status, 'accept4'));
       return;
     }
     for (;;) {
@@ -266,7 +307,7 @@ function finishConnect(fd: number, rc: number, what: string, opts: { acceptFds: 
   return new Promise((resolve, reject) => {
     const poller = sync(() => new native.Poller(fd, (status) => {
       poller.close();
-      const err = status < 0 ? -status : sync(() => native.getsockoptInt(fd, C.SO_ERROR));
+      const err = pollErrno(fd, status);
       if (err !== 0) {
         native.close(fd);
         reject(new SysError(errnoName(err), err, 'connect', what));
