@@ -29,6 +29,17 @@ namespace {
     if (rc_ < 0) return errno;      \
   } while (0)
 
+// A syscall whose only result is success or errno, run on the pool.
+Napi::Value VoidSyscall(Napi::Env env, const char* name, std::function<long()> call) {
+  return SyscallWork<int>::Start(
+      env, name,
+      [call](int&) {
+        PRISM_CALL(call());
+        return 0;
+      },
+      ToUndefined);
+}
+
 Napi::Value Openat2(const Napi::CallbackInfo& info) {
   int dirfd = ArgInt(info, 0);
   std::string path = ArgBytes(info, 1);
@@ -108,13 +119,7 @@ Napi::Value Mkdirat(const Napi::CallbackInfo& info) {
   int dirfd = ArgInt(info, 0);
   std::string path = ArgBytes(info, 1);
   mode_t mode = ArgUint(info, 2);
-  return SyscallWork<int>::Start(
-      info.Env(), "mkdirat",
-      [=](int&) {
-        PRISM_CALL(mkdirat(dirfd, path.c_str(), mode));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "mkdirat", [=] { return mkdirat(dirfd, path.c_str(), mode); });
 }
 
 Napi::Value Mknodat(const Napi::CallbackInfo& info) {
@@ -122,26 +127,14 @@ Napi::Value Mknodat(const Napi::CallbackInfo& info) {
   std::string path = ArgBytes(info, 1);
   mode_t mode = ArgUint(info, 2);
   dev_t dev = makedev(ArgUint(info, 3), ArgUint(info, 4));
-  return SyscallWork<int>::Start(
-      info.Env(), "mknodat",
-      [=](int&) {
-        PRISM_CALL(mknodat(dirfd, path.c_str(), mode, dev));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "mknodat", [=] { return mknodat(dirfd, path.c_str(), mode, dev); });
 }
 
 Napi::Value Symlinkat(const Napi::CallbackInfo& info) {
   std::string target = ArgBytes(info, 0);
   int dirfd = ArgInt(info, 1);
   std::string path = ArgBytes(info, 2);
-  return SyscallWork<int>::Start(
-      info.Env(), "symlinkat",
-      [=](int&) {
-        PRISM_CALL(symlinkat(target.c_str(), dirfd, path.c_str()));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "symlinkat", [=] { return symlinkat(target.c_str(), dirfd, path.c_str()); });
 }
 
 Napi::Value Linkat(const Napi::CallbackInfo& info) {
@@ -150,13 +143,7 @@ Napi::Value Linkat(const Napi::CallbackInfo& info) {
   int newdirfd = ArgInt(info, 2);
   std::string newpath = ArgBytes(info, 3);
   int flags = ArgInt(info, 4);
-  return SyscallWork<int>::Start(
-      info.Env(), "linkat",
-      [=](int&) {
-        PRISM_CALL(linkat(olddirfd, oldpath.c_str(), newdirfd, newpath.c_str(), flags));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "linkat", [=] { return linkat(olddirfd, oldpath.c_str(), newdirfd, newpath.c_str(), flags); });
 }
 
 Napi::Value Renameat2(const Napi::CallbackInfo& info) {
@@ -165,26 +152,14 @@ Napi::Value Renameat2(const Napi::CallbackInfo& info) {
   int newdirfd = ArgInt(info, 2);
   std::string newpath = ArgBytes(info, 3);
   unsigned flags = ArgUint(info, 4);
-  return SyscallWork<int>::Start(
-      info.Env(), "renameat2",
-      [=](int&) {
-        PRISM_CALL(renameat2(olddirfd, oldpath.c_str(), newdirfd, newpath.c_str(), flags));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "renameat2", [=] { return renameat2(olddirfd, oldpath.c_str(), newdirfd, newpath.c_str(), flags); });
 }
 
 Napi::Value Unlinkat(const Napi::CallbackInfo& info) {
   int dirfd = ArgInt(info, 0);
   std::string path = ArgBytes(info, 1);
   int flags = ArgInt(info, 2);
-  return SyscallWork<int>::Start(
-      info.Env(), "unlinkat",
-      [=](int&) {
-        PRISM_CALL(unlinkat(dirfd, path.c_str(), flags));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "unlinkat", [=] { return unlinkat(dirfd, path.c_str(), flags); });
 }
 
 // Bytes are returned as a Buffer: link targets are not necessarily UTF-8.
@@ -216,13 +191,7 @@ Napi::Value Fchownat(const Napi::CallbackInfo& info) {
   uid_t uid = ArgUint(info, 2);
   gid_t gid = ArgUint(info, 3);
   int flags = ArgInt(info, 4);
-  return SyscallWork<int>::Start(
-      info.Env(), "fchownat",
-      [=](int&) {
-        PRISM_CALL(fchownat(dirfd, path.c_str(), uid, gid, flags));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "fchownat", [=] { return fchownat(dirfd, path.c_str(), uid, gid, flags); });
 }
 
 // The raw syscall: glibc's fchmodat emulates AT_SYMLINK_NOFOLLOW through
@@ -231,25 +200,13 @@ Napi::Value Fchmodat(const Napi::CallbackInfo& info) {
   int dirfd = ArgInt(info, 0);
   std::string path = ArgBytes(info, 1);
   mode_t mode = ArgUint(info, 2);
-  return SyscallWork<int>::Start(
-      info.Env(), "fchmodat",
-      [=](int&) {
-        PRISM_CALL(syscall(SYS_fchmodat, dirfd, path.c_str(), mode));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "fchmodat", [=] { return syscall(SYS_fchmodat, dirfd, path.c_str(), mode); });
 }
 
 Napi::Value Fchmod(const Napi::CallbackInfo& info) {
   int fd = ArgInt(info, 0);
   mode_t mode = ArgUint(info, 1);
-  return SyscallWork<int>::Start(
-      info.Env(), "fchmod",
-      [=](int&) {
-        PRISM_CALL(fchmod(fd, mode));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "fchmod", [=] { return fchmod(fd, mode); });
 }
 
 Napi::Value Utimensat(const Napi::CallbackInfo& info) {
@@ -323,20 +280,19 @@ Napi::Value Getdents64(const Napi::CallbackInfo& info) {
       });
 }
 
-Napi::Value Fgetxattr(const Napi::CallbackInfo& info) {
-  int fd = ArgInt(info, 0);
-  std::string name = ArgBytes(info, 1);
-  size_t size = ArgUint(info, 2);
+// The xattr "size query" convention: with size 0 the kernel reports the
+// value's length without copying; otherwise it fills up to `size` bytes
+// (ERANGE if too small). Resolves to that length, or to the bytes.
+Napi::Value SizedBytes(Napi::Env env, const char* name, size_t size, std::function<long(char*, size_t)> call) {
   return SyscallWork<std::string>::Start(
-      info.Env(), "fgetxattr",
+      env, name,
       [=](std::string& out) {
         std::vector<char> buf(size);
         long n;
         do {
-          n = fgetxattr(fd, name.c_str(), size ? buf.data() : nullptr, size);
+          n = call(size ? buf.data() : nullptr, size);
         } while (n < 0 && errno == EINTR);
         if (n < 0) return errno;
-        // With size 0 the kernel reports the value's length without copying it.
         out = size ? std::string(buf.data(), static_cast<size_t>(n)) : std::string(static_cast<size_t>(n), '\0');
         return 0;
       },
@@ -346,25 +302,17 @@ Napi::Value Fgetxattr(const Napi::CallbackInfo& info) {
       });
 }
 
+Napi::Value Fgetxattr(const Napi::CallbackInfo& info) {
+  int fd = ArgInt(info, 0);
+  std::string name = ArgBytes(info, 1);
+  size_t size = ArgUint(info, 2);
+  return SizedBytes(info.Env(), "fgetxattr", size, [=](char* buf, size_t n) { return fgetxattr(fd, name.c_str(), buf, n); });
+}
+
 Napi::Value Flistxattr(const Napi::CallbackInfo& info) {
   int fd = ArgInt(info, 0);
   size_t size = ArgUint(info, 1);
-  return SyscallWork<std::string>::Start(
-      info.Env(), "flistxattr",
-      [=](std::string& out) {
-        std::vector<char> buf(size);
-        long n;
-        do {
-          n = flistxattr(fd, size ? buf.data() : nullptr, size);
-        } while (n < 0 && errno == EINTR);
-        if (n < 0) return errno;
-        out = size ? std::string(buf.data(), static_cast<size_t>(n)) : std::string(static_cast<size_t>(n), '\0');
-        return 0;
-      },
-      [size](Napi::Env env, std::string& s) -> Napi::Value {
-        if (size == 0) return Napi::Number::New(env, static_cast<double>(s.size()));
-        return Napi::Buffer<char>::Copy(env, s.data(), s.size());
-      });
+  return SizedBytes(info.Env(), "flistxattr", size, [=](char* buf, size_t n) { return flistxattr(fd, buf, n); });
 }
 
 Napi::Value Fsetxattr(const Napi::CallbackInfo& info) {
@@ -372,25 +320,13 @@ Napi::Value Fsetxattr(const Napi::CallbackInfo& info) {
   std::string name = ArgBytes(info, 1);
   std::string value = ArgBytes(info, 2);
   int flags = ArgInt(info, 3);
-  return SyscallWork<int>::Start(
-      info.Env(), "fsetxattr",
-      [=](int&) {
-        PRISM_CALL(fsetxattr(fd, name.c_str(), value.data(), value.size(), flags));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "fsetxattr", [=] { return fsetxattr(fd, name.c_str(), value.data(), value.size(), flags); });
 }
 
 Napi::Value Fremovexattr(const Napi::CallbackInfo& info) {
   int fd = ArgInt(info, 0);
   std::string name = ArgBytes(info, 1);
-  return SyscallWork<int>::Start(
-      info.Env(), "fremovexattr",
-      [=](int&) {
-        PRISM_CALL(fremovexattr(fd, name.c_str()));
-        return 0;
-      },
-      ToUndefined);
+  return VoidSyscall(info.Env(), "fremovexattr", [=] { return fremovexattr(fd, name.c_str()); });
 }
 
 Napi::Value Fstatfs(const Napi::CallbackInfo& info) {
