@@ -78,6 +78,10 @@ export interface FileSystem<N extends FsNode = FsNode> {
   link(target: N, dir: N, name: Buffer): Promise<void>;
   rename(olddir: N, oldname: Buffer, newdir: N, newname: Buffer): Promise<void>;
   unlink(dir: N, name: Buffer, isDir: boolean): Promise<void>;
+  /** Removes the node itself by the name it was walked by (9P Tremove), if it still has it. */
+  removeNode(node: N): Promise<void>;
+  /** Moves the node itself into `dir` as `name` (9P Trename). */
+  renameNode(node: N, dir: N, name: Buffer): Promise<void>;
   readlink(node: N): Promise<Buffer>;
   /** Entries of an open directory fd starting at a cookie (0 = start), at most `bufferSize` bytes of kernel records. */
   readdir(dirFd: number, offset: bigint, bufferSize: number): Promise<DirEntry[]>;
@@ -114,6 +118,8 @@ export abstract class BaseFileSystem<N extends FsNode> implements FileSystem<N> 
   link(_target: N, _dir: N, _name: Buffer): Promise<void> { return enosys('link'); }
   rename(_olddir: N, _oldname: Buffer, _newdir: N, _newname: Buffer): Promise<void> { return enosys('rename'); }
   unlink(_dir: N, _name: Buffer, _isDir: boolean): Promise<void> { return enosys('unlink'); }
+  removeNode(_node: N): Promise<void> { return enosys('remove'); }
+  renameNode(_node: N, _dir: N, _name: Buffer): Promise<void> { return enosys('rename'); }
   readlink(_node: N): Promise<Buffer> { return enosys('readlink'); }
   readdir(_dirFd: number, _offset: bigint, _bufferSize: number): Promise<DirEntry[]> { return enosys('readdir'); }
   statfs(_node: N): Promise<Statfs> { return enosys('statfs'); }

@@ -42,7 +42,9 @@ export class PassthroughNode implements FsNode {
     readonly type: FileType,
     readonly ino: bigint,
     readonly dev: bigint,
-    readonly parent: PassthroughNode | null,
+    /** The directory and name it was reached by (for ".." and 9P Tremove/Trename); null for the root. */
+    public parent: PassthroughNode | null,
+    public name: Buffer | null,
   ) {}
 }
 
@@ -101,7 +103,7 @@ export class PassthroughFs extends BaseFileSystem<PassthroughNode> {
       throw new Error(`cannot open the export directory ${dir}: ${(e as Error).message}`, { cause: e });
     }
     const st = await sys.fstatx(fd);
-    return new PassthroughFs(new PassthroughNode(fd, 'dir', st.ino, devOf(st), null), opts.readOnly ?? false);
+    return new PassthroughFs(new PassthroughNode(fd, 'dir', st.ino, devOf(st), null, null), opts.readOnly ?? false);
   }
 
   root(): PassthroughNode {
@@ -131,10 +133,10 @@ export class PassthroughFs extends BaseFileSystem<PassthroughNode> {
   }
 
   /** A node for an O_PATH fd we just opened (takes ownership of fd). */
-  private async adopt(fd: number, parent: PassthroughNode): Promise<PassthroughNode> {
+  private async adopt(fd: number, parent: PassthroughNode, name: Buffer): Promise<PassthroughNode> {
     try {
       const st = await sys.fstatx(fd, K.STATX_TYPE | K.STATX_INO);
-      return new PassthroughNode(fd, fileType(st.mode), st.ino, devOf(st), this.retain(parent));
+      return new PassthroughNode(fd, fileType(st.mode), st.ino, devOf(st), this.retain(parent), Buffer.from(name));
     } catch (e) {
       sys.closeFd(fd);
       throw e;
@@ -144,7 +146,7 @@ export class PassthroughFs extends BaseFileSystem<PassthroughNode> {
   /** The node of `name` in `dir`, not following a final symlink, confined beneath `dir`. */
   private async child(dir: PassthroughNode, name: Buffer): Promise<PassthroughNode> {
     const fd = await sys.openat2(dir.fd, name, { flags: K.O_PATH | K.O_NOFOLLOW, resolve: CONFINED });
-    return this.adopt(fd, dir);
+    return this.adopt(fd, dir, name);
   }
 
   override async lookup(dir: PassthroughNode, name: Buffer): Promise<PassthroughNode> {
@@ -239,7 +241,7 @@ export class PassthroughFs extends BaseFileSystem<PassthroughNode> {
     const openFlags = (flags & OPEN_FLAGS_ALLOWED & ~K.O_DIRECTORY) | K.O_CREAT | K.O_EXCL | K.O_NOFOLLOW | K.O_NOCTTY;
     const fd = await sys.openat2(dir.fd, name, { flags: openFlags, mode: mode & 0o777, resolve: CONFINED });
     try {
-      const node = await this.finishCreate(dir, name, false, owner, async () => this.adopt(await sys.openat2(K.AT_FDCWD, procPath(fd), { flags: K.O_PATH }), dir));
+      const node = await this.finishCreate(dir, name, false, owner, async () => this.adopt(await sys.openat2(K.AT_FDCWD, procPath(fd), { flags: K.O_PATH }), dir, name));
       return { node, fd };
     } catch (e) {
       await close(fd);
@@ -287,6 +289,31 @@ export class PassthroughFs extends BaseFileSystem<PassthroughNode> {
   override async unlink(dir: PassthroughNode, name: Buffer, isDir: boolean): Promise<void> {
     this.writable();
     await sys.unlinkat(dir.fd, checkName(name), isDir ? K.AT_REMOVEDIR : 0);
+  }
+
+  /** The node's parent and name, if that name still names this very inode. */
+  private async placeOf(node: PassthroughNode): Promise<{ parent: PassthroughNode; name: Buffer }> {
+    const { parent, name } = node;
+    if (!parent || !name) throw new FsError(Errno.EBUSY, 'the export root cannot be removed or renamed');
+    const st = await sys.statx(parent.fd, name, { flags: K.AT_SYMLINK_NOFOLLOW, mask: K.STATX_INO });
+    if (st.ino !== node.ino) throw new FsError(Errno.ENOENT, 'the file no longer has the name it was walked by');
+    return { parent, name };
+  }
+
+  override async removeNode(node: PassthroughNode): Promise<void> {
+    this.writable();
+    const { parent, name } = await this.placeOf(node);
+    await sys.unlinkat(parent.fd, name, node.type === 'dir' ? K.AT_REMOVEDIR : 0);
+  }
+
+  override async renameNode(node: PassthroughNode, dir: PassthroughNode, newname: Buffer): Promise<void> {
+    this.writable();
+    const { parent, name } = await this.placeOf(node);
+    await sys.renameat2(parent.fd, name, dir.fd, checkName(newname));
+    const old = node.parent;
+    node.parent = this.retain(dir);
+    node.name = Buffer.from(newname);
+    if (old) this.release(old);
   }
 
   override async readlink(node: PassthroughNode): Promise<Buffer> {
