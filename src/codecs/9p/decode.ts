@@ -1,0 +1,266 @@
+// 9P2000.L decoding: a FrameReader that splits a byte stream into frames (keeping leftovers, the
+// pg-protocol / mqtt-packet pattern: "need more bytes" returns null, only bad input throws), and
+// decodeT/decodeR that turn one frame into a message object. Pure: no I/O.
+//
+// Every read is bounds-checked against the frame; a frame is accepted only if its size field equals
+// its length, every field fits, and nothing is left over (protocol.md gives exact layouts).
+import { Errno, HEADER_SIZE, INITIAL_MAX_FRAME_SIZE, LegacyMessageType, MAXWELEM, MAX_FRAME_SIZE, QID_SIZE } from './constants.js';
+import { DecodeError, ProtocolError } from './errors.js';
+import { KIND_BY_TYPE, type KindInfo } from './layout.js';
+import type { Message, Qid, Rmessage, Tmessage } from './messages.js';
+
+export { DecodeError, ProtocolError } from './errors.js';
+
+// --- framing -----------------------------------------------------------------------------------
+
+/**
+ * Splits a 9P byte stream into frames: push() what arrives, then call next() until it returns null.
+ *
+ * A frame is returned as a Buffer that may alias a pushed chunk (no copy when a frame lies inside
+ * one chunk), so do not modify chunks after pushing them. A size field below HEADER_SIZE or above
+ * the limit makes next() throw ProtocolError (code ERR_9P_FRAMING), at once and on every later
+ * call: the stream cannot be re-synchronized and the connection should be closed. The check runs as
+ * soon as the 4 size bytes are in, so an oversized frame is refused before it is buffered.
+ */
+export class FrameReader {
+  private chunks: Buffer[] = [];
+  private length = 0;
+  private max: number;
+  private failure: ProtocolError | null = null;
+
+  /** @param maxSize the largest acceptable frame (the msize limit); default INITIAL_MAX_FRAME_SIZE. */
+  constructor(maxSize: number = INITIAL_MAX_FRAME_SIZE) {
+    this.max = checkMaxSize(maxSize);
+  }
+
+  /** The frame-size limit in force. */
+  get maxSize(): number {
+    return this.max;
+  }
+
+  /** Bytes pushed and not yet returned by next(). */
+  get bufferedBytes(): number {
+    return this.length;
+  }
+
+  /** Sets the frame-size limit, e.g. to the msize agreed in Tversion/Rversion. */
+  setMaxSize(msize: number): void {
+    this.max = checkMaxSize(msize);
+  }
+
+  /** Appends received bytes (kept by reference). */
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  /** Returns the next whole frame, or null until more bytes arrive. */
+  next(): Buffer | null {
+    if (this.failure) throw this.failure;
+    if (this.length < 4) return null;
+    const size = this.peekSize();
+    if (size < HEADER_SIZE || size > this.max) {
+      this.failure = new ProtocolError(
+        size < HEADER_SIZE
+          ? `9P frame size ${size} is smaller than the ${HEADER_SIZE}-byte header`
+          : `9P frame size ${size} exceeds the limit of ${this.max} bytes (msize)`,
+        size,
+        this.max,
+      );
+      throw this.failure;
+    }
+    if (this.length < size) return null;
+    return this.take(size);
+  }
+
+  private peekSize(): number {
+    const first = this.chunks[0] as Buffer;
+    if (first.length >= 4) return first.readUInt32LE(0);
+    const bytes = Buffer.allocUnsafe(4);
+    let have = 0;
+    for (const c of this.chunks) {
+      have += c.copy(bytes, have, 0, Math.min(c.length, 4 - have));
+      if (have === 4) break;
+    }
+    return bytes.readUInt32LE(0);
+  }
+
+  private take(size: number): Buffer {
+    this.length -= size;
+    const first = this.chunks[0] as Buffer;
+    if (first.length >= size) {
+      if (first.length === size) this.chunks.shift();
+      else this.chunks[0] = first.subarray(size);
+      return first.subarray(0, size);
+    }
+    const frame = Buffer.allocUnsafe(size); // every byte is copied in below
+    let have = 0;
+    while (have < size) {
+      const c = this.chunks[0] as Buffer;
+      const n = Math.min(c.length, size - have);
+      c.copy(frame, have, 0, n);
+      have += n;
+      if (n === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(n);
+    }
+    return frame;
+  }
+}
+
+function checkMaxSize(n: number): number {
+  if (!Number.isInteger(n) || n < HEADER_SIZE || n > MAX_FRAME_SIZE) {
+    throw new RangeError(`9P frame-size limit must be an integer in ${HEADER_SIZE}..${MAX_FRAME_SIZE}, got ${n}`);
+  }
+  return n;
+}
+
+/** The 7-byte header of a frame, or null if fewer than 7 bytes are given. Does not validate. */
+export function readHeader(buf: Buffer): { size: number; type: number; tag: number } | null {
+  if (buf.length < HEADER_SIZE) return null;
+  return { size: buf.readUInt32LE(0), type: buf[4] as number, tag: buf.readUInt16LE(5) };
+}
+
+// --- messages ----------------------------------------------------------------------------------
+
+const LEGACY_REQUESTS = new Set<number>([LegacyMessageType.Topen, LegacyMessageType.Tcreate, LegacyMessageType.Tstat, LegacyMessageType.Twstat]);
+const LEGACY_NAMES = new Map<number, string>(Object.entries(LegacyMessageType).map(([k, v]) => [v, k]));
+
+/** Decodes one request frame (as FrameReader returns it). Throws DecodeError only. */
+export function decodeT(frame: Buffer): Tmessage {
+  return decodeFrame(frame, true) as Tmessage;
+}
+
+/** Decodes one reply frame. Throws DecodeError only. */
+export function decodeR(frame: Buffer): Rmessage {
+  return decodeFrame(frame, false) as Rmessage;
+}
+
+function decodeFrame(frame: Buffer, request: boolean): Message {
+  if (!Buffer.isBuffer(frame)) throw new TypeError('9P frame must be a Buffer');
+  if (frame.length < HEADER_SIZE) {
+    throw new DecodeError(`9P frame of ${frame.length} bytes is shorter than the ${HEADER_SIZE}-byte header`);
+  }
+  const size = frame.readUInt32LE(0);
+  const type = frame[4] as number;
+  const tag = frame.readUInt16LE(5);
+  if (size !== frame.length) {
+    throw new DecodeError(`9P size field says ${size} bytes but the frame has ${frame.length}`, { tag, messageType: type });
+  }
+  const kind = KIND_BY_TYPE[type];
+  if (kind === undefined || kind.request !== request) throw unknownType(type, tag, kind, request);
+  return decodeBody(frame, kind, tag);
+}
+
+function unknownType(type: number, tag: number, kind: KindInfo | undefined, request: boolean): DecodeError {
+  const want = request ? 'request' : 'reply';
+  if (kind !== undefined) {
+    return new DecodeError(`9P ${kind.kind} (type ${type}) is not a ${want}`, { tag, messageType: type });
+  }
+  if (type === 6) return new DecodeError('9P Tlerror (type 6) is not a message anyone sends', { tag, messageType: type });
+  const legacy = LEGACY_NAMES.get(type);
+  if (legacy !== undefined) {
+    // A 9P2000/9P2000.u request is a real request 9P2000.L does not offer; a legacy reply (Rerror…)
+    // in either direction is a protocol violation.
+    const supported = request && LEGACY_REQUESTS.has(type);
+    return new DecodeError(`9P ${legacy} (type ${type}) is not part of 9P2000.L`, {
+      tag,
+      messageType: type,
+      errno: supported ? Errno.EOPNOTSUPP : Errno.EPROTO,
+    });
+  }
+  return new DecodeError(`unknown 9P message type ${type}`, { tag, messageType: type, errno: Errno.ENOSYS });
+}
+
+function decodeBody(frame: Buffer, kind: KindInfo, tag: number): Message {
+  const end = frame.length;
+  let off = HEADER_SIZE;
+  const fail = (what: string): never => {
+    throw new DecodeError(`9P ${kind.kind}: ${what}`, { tag, messageType: kind.type });
+  };
+  const need = (n: number, field: string): void => {
+    if (end - off < n) fail(`${field} needs ${n} bytes at offset ${off}, the frame has ${end - off} left`);
+  };
+  const str = (field: string): Buffer => {
+    need(2, `${field} length`);
+    const len = frame.readUInt16LE(off);
+    off += 2;
+    need(len, field);
+    const s = len === 0 ? Buffer.alloc(0) : Buffer.from(frame.subarray(off, off + len));
+    off += len;
+    return s;
+  };
+  const qid = (field: string): Qid => {
+    need(QID_SIZE, field);
+    const q = { type: frame[off] as number, version: frame.readUInt32LE(off + 1), path: frame.readBigUInt64LE(off + 5) };
+    off += QID_SIZE;
+    return q;
+  };
+  if (end - off < kind.minBody) fail(`body of ${end - off} bytes is shorter than the ${kind.minBody}-byte minimum`);
+
+  const msg: Record<string, unknown> = { type: kind.kind, tag };
+  for (const [name, fk] of kind.fields) {
+    switch (fk) {
+      case 'u8':
+        need(1, name);
+        msg[name] = frame[off];
+        off += 1;
+        break;
+      case 'u16':
+        need(2, name);
+        msg[name] = frame.readUInt16LE(off);
+        off += 2;
+        break;
+      case 'u32':
+        need(4, name);
+        msg[name] = frame.readUInt32LE(off);
+        off += 4;
+        break;
+      case 'u64':
+        need(8, name);
+        msg[name] = frame.readBigUInt64LE(off);
+        off += 8;
+        break;
+      case 'str':
+        msg[name] = str(name);
+        break;
+      case 'version':
+        msg[name] = str(name).toString('latin1');
+        break;
+      case 'qid':
+        msg[name] = qid(name);
+        break;
+      case 'wnames': {
+        need(2, 'nwname');
+        const n = frame.readUInt16LE(off);
+        off += 2;
+        if (n > MAXWELEM) fail(`nwname ${n} exceeds MAXWELEM (${MAXWELEM})`);
+        const names: Buffer[] = [];
+        for (let i = 0; i < n; i++) names.push(str(`wname[${i}]`));
+        msg[name] = names;
+        break;
+      }
+      case 'wqids': {
+        need(2, 'nwqid');
+        const n = frame.readUInt16LE(off);
+        off += 2;
+        if (n > MAXWELEM) fail(`nwqid ${n} exceeds MAXWELEM (${MAXWELEM})`);
+        const qids: Qid[] = [];
+        for (let i = 0; i < n; i++) qids.push(qid(`wqid[${i}]`));
+        msg[name] = qids;
+        break;
+      }
+      case 'data': {
+        need(4, 'count');
+        const count = frame.readUInt32LE(off);
+        off += 4;
+        if (count !== end - off) fail(`count ${count} does not match the ${end - off} data bytes in the frame`);
+        msg[name] = frame.subarray(off, end); // aliases the frame (see messages.ts)
+        off = end;
+        break;
+      }
+    }
+  }
+  if (off !== end) fail(`${end - off} trailing bytes after the last field`);
+  return msg as unknown as Message;
+}
