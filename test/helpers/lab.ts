@@ -1,7 +1,8 @@
 // The one entry point tests use for the guest lab (lab/guest.ts). Tests that need a guest call
 // requireLab() first: without the lab they fail with the set-up instructions, they never skip.
 import assert from 'node:assert/strict';
-import { labPaths, type GuestResult, type LabPaths } from '../../lab/guest.js';
+import { fileURLToPath } from 'node:url';
+import { labPaths, runGuest, type GuestOptions, type GuestResult, type LabPaths } from '../../lab/guest.js';
 
 export {
   DEFAULT_TIMEOUT_MS,
@@ -38,4 +39,55 @@ export function guestTail(result: GuestResult, lines = 40): string {
 /** Asserts the guest script exited with `code`, showing the console tail otherwise. */
 export function assertGuestExit(result: GuestResult, code: number): void {
   assert.equal(result.exitCode, code, `guest script exit code\n${guestTail(result)}`);
+}
+
+/** Quotes a word for the guest's sh. */
+export function shellQuote(word: string): string {
+  return `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/** The repository root (this checkout), the default working directory of runHostNode. */
+export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
+
+export interface HostNodeOptions extends Omit<GuestOptions, 'script'> {
+  /** node's arguments, e.g. ['--import', 'tsx', 'test/fixtures/x.mts']. */
+  args: string[];
+  /** Working directory, a host path; default REPO_ROOT. */
+  cwd?: string;
+  /** Shell run in the guest (outside the chroot) before node starts. */
+  before?: string;
+}
+
+/** Exit codes of runHostNode's guest script when it fails before node runs. */
+export const HOST_NODE_SETUP_EXIT = { mount9p: 120, noMountPoint: 121, mountSpecial: 122 } as const;
+
+/**
+ * Runs the host's own node (process.execPath) inside a lab guest: QEMU shares the host's root
+ * filesystem read-only over virtio-9p, the guest mounts it at /host with its own proc, sysfs,
+ * devtmpfs and a tmpfs /tmp (tsx's cache lands there), and chroots into it with a clean
+ * environment (HOME=/tmp). Tests thereby run this checkout, native addon included, on the guest
+ * kernel. The result's exit code is node's. Default guest RAM 1024 MiB.
+ */
+export function runHostNode(opts: HostNodeOptions): Promise<GuestResult> {
+  const { args, cwd = REPO_ROOT, before = '', ...guest } = opts;
+  const tag = 'hostroot';
+  const command = ['cd', shellQuote(cwd), '&&', 'exec', ...[process.execPath, ...args].map(shellQuote)].join(' ');
+  const e = HOST_NODE_SETUP_EXIT;
+  const script = `mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose,msize=524288,ro ${tag} /host || { echo "host-node: cannot mount the host root (9p tag ${tag})"; exit ${e.mount9p}; }
+for d in proc sys dev tmp; do [ -d "/host/$d" ] || { echo "host-node: the host has no /$d"; exit ${e.noMountPoint}; }; done
+mount -t proc proc /host/proc && mount -t sysfs sysfs /host/sys && mount -t devtmpfs devtmpfs /host/dev \
+  && mount -t tmpfs -o mode=1777 tmpfs /host/tmp || { echo "host-node: cannot mount proc, sys, dev, tmp"; exit ${e.mountSpecial}; }
+${before}
+echo "host-node: start $(cut -d' ' -f1 /proc/uptime)"
+chroot /host /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 /bin/sh -c ${shellQuote(command)}
+rc=$?
+echo "host-node: exit $rc $(cut -d' ' -f1 /proc/uptime)"
+exit $rc`;
+  return runGuest({
+    memoryMiB: 1024,
+    ...guest,
+    script,
+    extraArgs: [...(guest.extraArgs ?? []), '-virtfs', `local,path=/,mount_tag=${tag},security_model=none,readonly=on,multidevs=remap`],
+  });
 }
