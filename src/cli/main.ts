@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sysCommand } from './sys.js';
 import { transportCommand } from './transport.js';
+import { ninepCommand } from './ninep.js';
 import { exitCodeFor, report } from './errors.js';
 
 /** The package's version, from its package.json (found from src/cli or dist/src/cli). */
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
     .description('host-side isolation services for compartmentalized operating systems')
     .version(version())
     .showHelpAfterError('(run with --help for usage)')
+    .addCommand(ninepCommand())
     .addCommand(sysCommand())
     .addCommand(transportCommand());
   return program;

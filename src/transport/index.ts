@@ -30,6 +30,7 @@ function describeFailure(addr: string, action: 'listen on' | 'connect to', e: un
     EACCES: action === 'listen on' ? 'permission denied: run as a user allowed to bind it (TCP ports < 1024 need privileges; a socket path needs a writable directory)' : 'permission denied',
     EADDRNOTAVAIL: 'no such local address (for vsock: is the vsock transport loaded?)',
     ECONNREFUSED: 'nothing is listening there: start the server first',
+    ECONNRESET: 'the peer reset the connection (for vsock: nothing is listening on that port)',
     ENOENT: 'no such socket file: start the server first or check the path',
     ENODEV: 'no vsock transport on this machine (load vhost_vsock, vsock_loopback or run in a VM)',
     ETIMEDOUT: 'timed out',
