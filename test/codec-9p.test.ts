@@ -312,6 +312,21 @@ describe('malformed frames', () => {
     });
   }
 
+  it('DecodeError carries a message, no stack frames, and leaves Error.stackTraceLimit alone', () => {
+    const limit = Error.stackTraceLimit;
+    let err: unknown;
+    try {
+      decodeT(Buffer.from('0b0000007801000300', 'hex'));
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(err instanceof DecodeError && err instanceof Error);
+    assert.match(err.message, /^9P frame size|^9P size field says 11 bytes but the frame has 9/);
+    assert.equal(err.messageType, MessageType.Tclunk);
+    assert.doesNotMatch(err.stack ?? '', /\n\s+at /);
+    assert.equal(Error.stackTraceLimit, limit);
+  });
+
   it('every fixture cut short or extended by one byte (size field adjusted) is a DecodeError with its tag', () => {
     for (const fx of FIXTURES) {
       const variants: Buffer[] = [Buffer.concat([fx.frame, Buffer.from([0])])];

@@ -172,95 +172,116 @@ function unknownType(type: number, tag: number, kind: KindInfo | undefined, requ
   return new DecodeError(`unknown 9P message type ${type}`, { tag, messageType: type, errno: Errno.ENOSYS });
 }
 
+/** Read position in one frame being decoded (one small object instead of per-call closures). */
+interface Cursor {
+  frame: Buffer;
+  off: number;
+  kind: KindInfo;
+  tag: number;
+  /** For 64-bit reads: DataView.getBigUint64 is several times faster than Buffer.readBigUInt64LE. */
+  view: DataView | null;
+}
+
+function u64At(c: Cursor, at: number): bigint {
+  c.view ??= new DataView(c.frame.buffer, c.frame.byteOffset, c.frame.byteLength);
+  return c.view.getBigUint64(at, true);
+}
+
+function fail(c: Cursor, what: string): never {
+  throw new DecodeError(`9P ${c.kind.kind}: ${what}`, { tag: c.tag, messageType: c.kind.type });
+}
+
+function need(c: Cursor, n: number, field: string): void {
+  const left = c.frame.length - c.off;
+  if (left < n) fail(c, `${field} needs ${n} bytes at offset ${c.off}, the frame has ${left} left`);
+}
+
+function readStr(c: Cursor, field: string): Buffer {
+  need(c, 2, `${field} length`);
+  const len = c.frame.readUInt16LE(c.off);
+  c.off += 2;
+  need(c, len, field);
+  const s = len === 0 ? Buffer.alloc(0) : Buffer.from(c.frame.subarray(c.off, c.off + len)); // a copy
+  c.off += len;
+  return s;
+}
+
+function readQid(c: Cursor, field: string): Qid {
+  need(c, QID_SIZE, field);
+  const f = c.frame;
+  const q = { type: f[c.off] as number, version: f.readUInt32LE(c.off + 1), path: u64At(c, c.off + 5) };
+  c.off += QID_SIZE;
+  return q;
+}
+
 function decodeBody(frame: Buffer, kind: KindInfo, tag: number): Message {
   const end = frame.length;
-  let off = HEADER_SIZE;
-  const fail = (what: string): never => {
-    throw new DecodeError(`9P ${kind.kind}: ${what}`, { tag, messageType: kind.type });
-  };
-  const need = (n: number, field: string): void => {
-    if (end - off < n) fail(`${field} needs ${n} bytes at offset ${off}, the frame has ${end - off} left`);
-  };
-  const str = (field: string): Buffer => {
-    need(2, `${field} length`);
-    const len = frame.readUInt16LE(off);
-    off += 2;
-    need(len, field);
-    const s = len === 0 ? Buffer.alloc(0) : Buffer.from(frame.subarray(off, off + len));
-    off += len;
-    return s;
-  };
-  const qid = (field: string): Qid => {
-    need(QID_SIZE, field);
-    const q = { type: frame[off] as number, version: frame.readUInt32LE(off + 1), path: frame.readBigUInt64LE(off + 5) };
-    off += QID_SIZE;
-    return q;
-  };
-  if (end - off < kind.minBody) fail(`body of ${end - off} bytes is shorter than the ${kind.minBody}-byte minimum`);
+  const c: Cursor = { frame, off: HEADER_SIZE, kind, tag, view: null };
+  if (end - HEADER_SIZE < kind.minBody) fail(c, `body of ${end - HEADER_SIZE} bytes is shorter than the ${kind.minBody}-byte minimum`);
 
   const msg: Record<string, unknown> = { type: kind.kind, tag };
   for (const [name, fk] of kind.fields) {
     switch (fk) {
       case 'u8':
-        need(1, name);
-        msg[name] = frame[off];
-        off += 1;
+        need(c, 1, name);
+        msg[name] = frame[c.off];
+        c.off += 1;
         break;
       case 'u16':
-        need(2, name);
-        msg[name] = frame.readUInt16LE(off);
-        off += 2;
+        need(c, 2, name);
+        msg[name] = frame.readUInt16LE(c.off);
+        c.off += 2;
         break;
       case 'u32':
-        need(4, name);
-        msg[name] = frame.readUInt32LE(off);
-        off += 4;
+        need(c, 4, name);
+        msg[name] = frame.readUInt32LE(c.off);
+        c.off += 4;
         break;
       case 'u64':
-        need(8, name);
-        msg[name] = frame.readBigUInt64LE(off);
-        off += 8;
+        need(c, 8, name);
+        msg[name] = u64At(c, c.off);
+        c.off += 8;
         break;
       case 'str':
-        msg[name] = str(name);
+        msg[name] = readStr(c, name);
         break;
       case 'version':
-        msg[name] = str(name).toString('latin1');
+        msg[name] = readStr(c, name).toString('latin1');
         break;
       case 'qid':
-        msg[name] = qid(name);
+        msg[name] = readQid(c, name);
         break;
       case 'wnames': {
-        need(2, 'nwname');
-        const n = frame.readUInt16LE(off);
-        off += 2;
-        if (n > MAXWELEM) fail(`nwname ${n} exceeds MAXWELEM (${MAXWELEM})`);
+        need(c, 2, 'nwname');
+        const n = frame.readUInt16LE(c.off);
+        c.off += 2;
+        if (n > MAXWELEM) fail(c, `nwname ${n} exceeds MAXWELEM (${MAXWELEM})`);
         const names: Buffer[] = [];
-        for (let i = 0; i < n; i++) names.push(str(`wname[${i}]`));
+        for (let i = 0; i < n; i++) names.push(readStr(c, `wname[${i}]`));
         msg[name] = names;
         break;
       }
       case 'wqids': {
-        need(2, 'nwqid');
-        const n = frame.readUInt16LE(off);
-        off += 2;
-        if (n > MAXWELEM) fail(`nwqid ${n} exceeds MAXWELEM (${MAXWELEM})`);
+        need(c, 2, 'nwqid');
+        const n = frame.readUInt16LE(c.off);
+        c.off += 2;
+        if (n > MAXWELEM) fail(c, `nwqid ${n} exceeds MAXWELEM (${MAXWELEM})`);
         const qids: Qid[] = [];
-        for (let i = 0; i < n; i++) qids.push(qid(`wqid[${i}]`));
+        for (let i = 0; i < n; i++) qids.push(readQid(c, `wqid[${i}]`));
         msg[name] = qids;
         break;
       }
       case 'data': {
-        need(4, 'count');
-        const count = frame.readUInt32LE(off);
-        off += 4;
-        if (count !== end - off) fail(`count ${count} does not match the ${end - off} data bytes in the frame`);
-        msg[name] = frame.subarray(off, end); // aliases the frame (see messages.ts)
-        off = end;
+        need(c, 4, 'count');
+        const count = frame.readUInt32LE(c.off);
+        c.off += 4;
+        if (count !== end - c.off) fail(c, `count ${count} does not match the ${end - c.off} data bytes in the frame`);
+        msg[name] = frame.subarray(c.off, end); // aliases the frame (see messages.ts)
+        c.off = end;
         break;
       }
     }
   }
-  if (off !== end) fail(`${end - off} trailing bytes after the last field`);
+  if (c.off !== end) fail(c, `${end - c.off} trailing bytes after the last field`);
   return msg as unknown as Message;
 }

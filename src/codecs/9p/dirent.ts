@@ -59,13 +59,14 @@ export function direntSize(nameBytes: number): number {
 export function writeDirents(entries: readonly Dirent[], target: Buffer): { count: number; bytes: number } {
   let off = 0;
   let count = 0;
+  const view = new DataView(target.buffer, target.byteOffset, target.byteLength); // fast u64 writes
   for (const e of entries) {
     const size = checkEntry(e, count);
     if (off + size > target.length) break;
     target[off] = e.qid.type;
     target.writeUInt32LE(e.qid.version, off + 1);
-    target.writeBigUInt64LE(e.qid.path, off + 5);
-    target.writeBigUInt64LE(e.offset, off + DirentLayout.offset);
+    view.setBigUint64(off + 5, e.qid.path, true);
+    view.setBigUint64(off + DirentLayout.offset, e.offset, true);
     target[off + DirentLayout.type] = e.type;
     target.writeUInt16LE(e.name.length, off + DirentLayout.nameLength);
     target.set(e.name, off + DirentLayout.name);
@@ -102,6 +103,7 @@ export function encodeDirents(entries: readonly Dirent[], maxBytes: number): { c
  */
 export function decodeDirents(data: Buffer, tag: number = NOTAG): Dirent[] {
   const out: Dirent[] = [];
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength); // fast u64 reads
   let off = 0;
   while (off < data.length) {
     const left = data.length - off;
@@ -114,8 +116,8 @@ export function decodeDirents(data: Buffer, tag: number = NOTAG): Dirent[] {
     }
     const nameAt = off + DirentLayout.name;
     out.push({
-      qid: { type: data[off] as number, version: data.readUInt32LE(off + 1), path: data.readBigUInt64LE(off + 5) },
-      offset: data.readBigUInt64LE(off + QID_SIZE),
+      qid: { type: data[off] as number, version: data.readUInt32LE(off + 1), path: view.getBigUint64(off + 5, true) },
+      offset: view.getBigUint64(off + QID_SIZE, true),
       type: data[off + DirentLayout.type] as number,
       name: Buffer.from(data.subarray(nameAt, nameAt + nameLen)),
     });

@@ -124,10 +124,10 @@ function sizeOf(info: KindInfo, m: Fields): number {
   return size;
 }
 
-function writeQid(buf: Buffer, off: number, q: Qid): number {
+function writeQid(buf: Buffer, view: DataView, off: number, q: Qid): number {
   buf[off] = q.type;
   buf.writeUInt32LE(q.version, off + 1);
-  buf.writeBigUInt64LE(q.path, off + 5);
+  view.setBigUint64(off + 5, q.path, true);
   return off + QID_SIZE;
 }
 
@@ -140,6 +140,8 @@ function writeStr(buf: Buffer, off: number, s: Uint8Array): number {
 /** Writes a validated message; every byte of buf is written. */
 function writeFrame(info: KindInfo, m: Fields, size: number): Buffer {
   const buf = Buffer.allocUnsafe(size);
+  // DataView.setBigUint64 is several times faster than Buffer.writeBigUInt64LE.
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   buf.writeUInt32LE(size, 0);
   buf[4] = info.type;
   buf.writeUInt16LE(m['tag'] as number, 5);
@@ -160,7 +162,7 @@ function writeFrame(info: KindInfo, m: Fields, size: number): Buffer {
         off += 4;
         break;
       case 'u64':
-        buf.writeBigUInt64LE(v as bigint, off);
+        view.setBigUint64(off, v as bigint, true);
         off += 8;
         break;
       case 'str':
@@ -173,7 +175,7 @@ function writeFrame(info: KindInfo, m: Fields, size: number): Buffer {
         break;
       }
       case 'qid':
-        off = writeQid(buf, off, v as Qid);
+        off = writeQid(buf, view, off, v as Qid);
         break;
       case 'wnames': {
         const list = v as Uint8Array[];
@@ -186,7 +188,7 @@ function writeFrame(info: KindInfo, m: Fields, size: number): Buffer {
         const list = v as Qid[];
         buf.writeUInt16LE(list.length, off);
         off += 2;
-        for (const q of list) off = writeQid(buf, off, q);
+        for (const q of list) off = writeQid(buf, view, off, q);
         break;
       }
       case 'data': {

@@ -43,7 +43,16 @@ export class DecodeError extends Error {
    */
   readonly errno: number;
   constructor(message: string, details: DecodeErrorDetails = {}) {
-    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    // No stack trace: a peer can make a server build one of these per frame it sends, capturing a
+    // stack was most of the cost of rejecting a bad frame, and the stack would only ever point into
+    // decode.ts. The message says what was wrong and where.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
     this.tag = details.tag ?? NOTAG;
     this.messageType = details.messageType;
     this.errno = details.errno ?? Errno.EPROTO;
