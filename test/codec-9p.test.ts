@@ -244,6 +244,33 @@ describe('FrameReader', () => {
     assert.throws(() => r.next(), ProtocolError);
   });
 
+  it('returns the frames before a bad size field, then throws, and drops later bytes', () => {
+    const good = encodeT({ type: 'Tclunk', tag: 1, fid: 2 });
+    const bad = Buffer.from('03000000', 'hex');
+    const r = new FrameReader();
+    r.push(Buffer.concat([good, good, bad, good]));
+    assert.deepStrictEqual(r.next(), good);
+    assert.deepStrictEqual(r.next(), good);
+    assert.throws(() => r.next(), ProtocolError);
+    r.push(Buffer.alloc(4096));
+    assert.equal(r.bufferedBytes, 0);
+    assert.throws(() => r.next(), ProtocolError);
+  });
+
+  it('handles a peer trickling one byte per chunk in linear time', { timeout: 20_000 }, () => {
+    const big = encodeR({ type: 'Rread', tag: 1, data: Buffer.alloc(256 * 1024, 0x5a) });
+    const small = encodeT({ type: 'Tclunk', tag: 2, fid: 3 });
+    const stream = Buffer.concat([big, ...Array.from({ length: 2000 }, () => small)]);
+    const r = new FrameReader(big.length);
+    for (let i = 0; i < stream.length; i++) r.push(stream.subarray(i, i + 1));
+    assert.equal(r.bufferedBytes, stream.length);
+    assert.deepStrictEqual(r.next(), big);
+    let n = 0;
+    for (let f = r.next(); f !== null; f = r.next()) n++;
+    assert.equal(n, 2000);
+    assert.equal(r.bufferedBytes, 0);
+  });
+
   it('accepts frames up to the limit set by setMaxSize', () => {
     const r = new FrameReader(64);
     const big = encodeR({ type: 'Rread', tag: 1, data: Buffer.alloc(100, 7) });

@@ -4,7 +4,7 @@
 //
 // Every read is bounds-checked against the frame; a frame is accepted only if its size field equals
 // its length, every field fits, and nothing is left over (protocol.md gives exact layouts).
-import { Errno, HEADER_SIZE, INITIAL_MAX_FRAME_SIZE, LegacyMessageType, MAXWELEM, MAX_FRAME_SIZE, QID_SIZE } from './constants.js';
+import { Errno, HEADER_SIZE, INITIAL_MAX_FRAME_SIZE, LegacyMessageType, MAXWELEM, MAX_FRAME_SIZE, MessageType, QID_SIZE } from './constants.js';
 import { DecodeError, ProtocolError } from './errors.js';
 import { KIND_BY_TYPE, type KindInfo } from './layout.js';
 import type { Message, Qid, Rmessage, Tmessage } from './messages.js';
@@ -16,15 +16,28 @@ export { DecodeError, ProtocolError } from './errors.js';
 /**
  * Splits a 9P byte stream into frames: push() what arrives, then call next() until it returns null.
  *
- * A frame is returned as a Buffer that may alias a pushed chunk (no copy when a frame lies inside
- * one chunk), so do not modify chunks after pushing them. A size field below HEADER_SIZE or above
- * the limit makes next() throw ProtocolError (code ERR_9P_FRAMING), at once and on every later
- * call: the stream cannot be re-synchronized and the connection should be closed. The check runs as
- * soon as the 4 size bytes are in, so an oversized frame is refused before it is buffered.
+ * Frames are cut as bytes are pushed. A frame that lies inside one pushed chunk is returned as a
+ * view of that chunk (no copy: do not modify chunks after pushing them); a frame that spans chunks
+ * is copied once into a buffer of its declared size. Each byte is handled once, however the stream
+ * is chunked (a peer trickling single bytes costs no more than one sending whole frames).
+ *
+ * A size field below HEADER_SIZE or above the limit is caught as soon as its 4 bytes are in,
+ * before any of the frame is buffered: next() returns the frames before it, then throws
+ * ProtocolError (code ERR_9P_FRAMING) on this and every later call, and further pushes are dropped.
+ * The stream cannot be re-synchronized: close the connection. The limit applies to frames whose
+ * size field arrives after it is set.
  */
 export class FrameReader {
-  private chunks: Buffer[] = [];
-  private length = 0;
+  /** Whole frames not yet returned; `readyHead` indexes the next one. */
+  private ready: (Buffer | undefined)[] = [];
+  private readyHead = 0;
+  private readyBytes = 0;
+  /** The size field of the next frame, while it is split across chunks. */
+  private readonly sizeBytes = Buffer.alloc(4);
+  private sizeLen = 0;
+  /** A frame being assembled from several chunks. */
+  private partial: Buffer | null = null;
+  private partialLen = 0;
   private max: number;
   private failure: ProtocolError | null = null;
 
@@ -40,7 +53,7 @@ export class FrameReader {
 
   /** Bytes pushed and not yet returned by next(). */
   get bufferedBytes(): number {
-    return this.length;
+    return this.readyBytes + this.partialLen + this.sizeLen;
   }
 
   /** Sets the frame-size limit, e.g. to the msize agreed in Tversion/Rversion. */
@@ -48,63 +61,86 @@ export class FrameReader {
     this.max = checkMaxSize(msize);
   }
 
-  /** Appends received bytes (kept by reference). */
+  /** Takes received bytes (whole frames inside `chunk` are kept by reference). */
   push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.length += chunk.length;
+    if (!Buffer.isBuffer(chunk)) throw new TypeError('FrameReader.push needs a Buffer');
+    let off = 0;
+    while (off < chunk.length && this.failure === null) {
+      const left = chunk.length - off;
+      if (this.partial !== null) {
+        const n = Math.min(this.partial.length - this.partialLen, left);
+        chunk.copy(this.partial, this.partialLen, off, off + n);
+        this.partialLen += n;
+        off += n;
+        if (this.partialLen === this.partial.length) {
+          this.addReady(this.partial);
+          this.partial = null;
+          this.partialLen = 0;
+        }
+      } else if (this.sizeLen > 0 || left < 4) {
+        const n = Math.min(4 - this.sizeLen, left);
+        chunk.copy(this.sizeBytes, this.sizeLen, off, off + n);
+        this.sizeLen += n;
+        off += n;
+        if (this.sizeLen === 4) {
+          const size = this.sizeBytes.readUInt32LE(0);
+          if (!this.accept(size)) break;
+          this.partial = Buffer.allocUnsafe(size); // every byte is copied in before it is returned
+          this.sizeBytes.copy(this.partial, 0);
+          this.partialLen = 4;
+          this.sizeLen = 0;
+        }
+      } else {
+        const size = chunk.readUInt32LE(off);
+        if (!this.accept(size)) break;
+        if (left >= size) {
+          this.addReady(chunk.subarray(off, off + size));
+          off += size;
+        } else {
+          this.partial = Buffer.allocUnsafe(size); // filled by this and later chunks
+          chunk.copy(this.partial, 0, off);
+          this.partialLen = left;
+          off = chunk.length;
+        }
+      }
+    }
   }
 
   /** Returns the next whole frame, or null until more bytes arrive. */
   next(): Buffer | null {
+    if (this.readyHead < this.ready.length) {
+      const frame = this.ready[this.readyHead] as Buffer;
+      this.ready[this.readyHead++] = undefined;
+      this.readyBytes -= frame.length;
+      if (this.readyHead === this.ready.length) {
+        this.ready = [];
+        this.readyHead = 0;
+      } else if (this.readyHead >= 1024 && this.readyHead * 2 >= this.ready.length) {
+        this.ready = this.ready.slice(this.readyHead);
+        this.readyHead = 0;
+      }
+      return frame;
+    }
     if (this.failure) throw this.failure;
-    if (this.length < 4) return null;
-    const size = this.peekSize();
-    if (size < HEADER_SIZE || size > this.max) {
-      this.failure = new ProtocolError(
-        size < HEADER_SIZE
-          ? `9P frame size ${size} is smaller than the ${HEADER_SIZE}-byte header`
-          : `9P frame size ${size} exceeds the limit of ${this.max} bytes (msize)`,
-        size,
-        this.max,
-      );
-      throw this.failure;
-    }
-    if (this.length < size) return null;
-    return this.take(size);
+    return null;
   }
 
-  private peekSize(): number {
-    const first = this.chunks[0] as Buffer;
-    if (first.length >= 4) return first.readUInt32LE(0);
-    const bytes = Buffer.allocUnsafe(4);
-    let have = 0;
-    for (const c of this.chunks) {
-      have += c.copy(bytes, have, 0, Math.min(c.length, 4 - have));
-      if (have === 4) break;
-    }
-    return bytes.readUInt32LE(0);
+  private addReady(frame: Buffer): void {
+    this.ready.push(frame);
+    this.readyBytes += frame.length;
   }
 
-  private take(size: number): Buffer {
-    this.length -= size;
-    const first = this.chunks[0] as Buffer;
-    if (first.length >= size) {
-      if (first.length === size) this.chunks.shift();
-      else this.chunks[0] = first.subarray(size);
-      return first.subarray(0, size);
-    }
-    const frame = Buffer.allocUnsafe(size); // every byte is copied in below
-    let have = 0;
-    while (have < size) {
-      const c = this.chunks[0] as Buffer;
-      const n = Math.min(c.length, size - have);
-      c.copy(frame, have, 0, n);
-      have += n;
-      if (n === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(n);
-    }
-    return frame;
+  private accept(size: number): boolean {
+    if (size >= HEADER_SIZE && size <= this.max) return true;
+    this.failure = new ProtocolError(
+      size < HEADER_SIZE
+        ? `9P frame size ${size} is smaller than the ${HEADER_SIZE}-byte header`
+        : `9P frame size ${size} exceeds the limit of ${this.max} bytes (msize)`,
+      size,
+      this.max,
+    );
+    this.sizeLen = 0;
+    return false;
   }
 }
 
@@ -126,12 +162,12 @@ export function readHeader(buf: Buffer): { size: number; type: number; tag: numb
 const LEGACY_REQUESTS = new Set<number>([LegacyMessageType.Topen, LegacyMessageType.Tcreate, LegacyMessageType.Tstat, LegacyMessageType.Twstat]);
 const LEGACY_NAMES = new Map<number, string>(Object.entries(LegacyMessageType).map(([k, v]) => [v, k]));
 
-/** Decodes one request frame (as FrameReader returns it). Throws DecodeError only. */
+/** Decodes one request frame (as FrameReader returns it). Bad bytes throw DecodeError, nothing else. */
 export function decodeT(frame: Buffer): Tmessage {
   return decodeFrame(frame, true) as Tmessage;
 }
 
-/** Decodes one reply frame. Throws DecodeError only. */
+/** Decodes one reply frame. Bad bytes throw DecodeError, nothing else. */
 export function decodeR(frame: Buffer): Rmessage {
   return decodeFrame(frame, false) as Rmessage;
 }
@@ -157,16 +193,16 @@ function unknownType(type: number, tag: number, kind: KindInfo | undefined, requ
   if (kind !== undefined) {
     return new DecodeError(`9P ${kind.kind} (type ${type}) is not a ${want}`, { tag, messageType: type });
   }
-  if (type === 6) return new DecodeError('9P Tlerror (type 6) is not a message anyone sends', { tag, messageType: type });
+  if (type === MessageType.Tlerror) return new DecodeError('9P Tlerror (type 6) is not a message anyone sends', { tag, messageType: type });
   const legacy = LEGACY_NAMES.get(type);
   if (legacy !== undefined) {
     // A 9P2000/9P2000.u request is a real request 9P2000.L does not offer; a legacy reply (Rerror…)
     // in either direction is a protocol violation.
-    const supported = request && LEGACY_REQUESTS.has(type);
+    const legacyRequest = request && LEGACY_REQUESTS.has(type);
     return new DecodeError(`9P ${legacy} (type ${type}) is not part of 9P2000.L`, {
       tag,
       messageType: type,
-      errno: supported ? Errno.EOPNOTSUPP : Errno.EPROTO,
+      errno: legacyRequest ? Errno.EOPNOTSUPP : Errno.EPROTO,
     });
   }
   return new DecodeError(`unknown 9P message type ${type}`, { tag, messageType: type, errno: Errno.ENOSYS });
