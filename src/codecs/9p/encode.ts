@@ -107,14 +107,18 @@ function sizeOf(info: KindInfo, m: Fields): number {
         checkQid(v, info.kind, name);
         size += QID_SIZE;
         break;
-      case 'wnames':
+      case 'wnames': {
+        const list = checkList(v, info.kind, name);
         size += 2;
-        checkList(v, info.kind, name).forEach((s, i) => (size += 2 + checkStr(s, info.kind, `${name}[${i}]`).length));
+        for (let i = 0; i < list.length; i++) size += 2 + checkStr(list[i], info.kind, `${name}[${i}]`).length;
         break;
-      case 'wqids':
-        size += 2;
-        checkList(v, info.kind, name).forEach((q, i) => (checkQid(q, info.kind, `${name}[${i}]`), (size += QID_SIZE)));
+      }
+      case 'wqids': {
+        const list = checkList(v, info.kind, name);
+        for (let i = 0; i < list.length; i++) checkQid(list[i], info.kind, `${name}[${i}]`);
+        size += 2 + list.length * QID_SIZE;
         break;
+      }
       case 'data':
         size += 4 + checkBytes(v, info.kind, name).length;
         break;
