@@ -4,6 +4,10 @@
 // input (decoding must be canonical). Deterministic for a given --seed.
 //
 //   node --import tsx bench/fuzz-9p.ts [--runs N] [--seed S]      (default 1e6 inputs, seed 1)
+//
+// Measured 2026-11-25 on the 2-core lab machine, Node 20: 1e6 inputs take about 24 s of CPU
+// (~42 000 inputs/s on an idle core; 47 s wall while other jobs loaded the machine). Seeds 1-5,
+// 1e6 inputs each: no failures.
 import { readFileSync, readdirSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import {
