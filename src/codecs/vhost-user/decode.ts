@@ -264,7 +264,7 @@ function fail(c: Cursor, what: string, reason: 'payload' | 'fds' = 'payload'): n
 }
 
 function payloadSize(c: Cursor, want: number, what: string): void {
-  if (c.size !== want) fail(c, `payload of ${c.size} bytes; ${what} is ${want}`);
+  if (c.size !== want) fail(c, `payload of ${c.size} bytes, not the ${want} of ${what}`);
 }
 
 /** A u32 at payload offset `at`. */
@@ -284,7 +284,7 @@ function zeros(c: Cursor, from: number, to: number, what: string): void {
 
 function fdCount(c: Cursor, got: number, want: number, stray = 0): void {
   if (got < want || got > want + stray) {
-    fail(c, `came with ${got} fds; it takes ${stray > 0 ? `${want} to ${want + stray}` : want}`, 'fds');
+    fail(c, `came with ${got} fd${got === 1 ? '' : 's'}; it takes ${stray > 0 ? `${want} to ${want + stray}` : want}`, 'fds');
   }
 }
 
@@ -342,7 +342,7 @@ function readMemoryTable(c: Cursor): MemoryRegion[] {
   if (n > MEMORY_BASELINE_NREGIONS) fail(c, `${n} memory regions; at most ${MEMORY_BASELINE_NREGIONS}`);
   zeros(c, 4, 8, 'padding');
   const want = PayloadSize.MEMORY_TABLE_HEADER + n * PayloadSize.MEMORY_REGION;
-  if (c.size !== want) fail(c, `payload of ${c.size} bytes; ${n} regions take ${want}`);
+  if (c.size !== want) fail(c, `payload of ${c.size} bytes, not the ${want} of ${n} region${n === 1 ? '' : 's'}`);
   const regions: MemoryRegion[] = [];
   for (let i = 0; i < n; i++) {
     const r = readRegion(c, PayloadSize.MEMORY_TABLE_HEADER + i * PayloadSize.MEMORY_REGION, `region ${i}`);
@@ -573,7 +573,7 @@ function frontendPayload(c: Cursor, request: FrontendRequestName): FrontendMessa
     case 'GET_SHARED_OBJECT':
       return { request, flags, uuid: readUuid(c) };
     case 'SET_DEVICE_STATE_FD':
-      payloadSize(c, PayloadSize.DEVICE_STATE_TRANSFER, 'device state transfer parameters');
+      payloadSize(c, PayloadSize.DEVICE_STATE_TRANSFER, 'the device state transfer parameters');
       return { request, flags, direction: u32(c, 0), phase: u32(c, 4) };
   }
 }
