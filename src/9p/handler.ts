@@ -289,7 +289,9 @@ export async function handle<N extends FsNode>(ctx: HandlerContext<N>, m: Tmessa
       return { type: 'Rversion', tag, msize, version: known ? '9P2000.L' : 'unknown' };
     }
     case 'Tauth':
-      return fail(Errno.EOPNOTSUPP, 'prism needs no authentication: attach with afid NOFID');
+      // ENOENT, as diod answers: libnpclient (diodls, diodcat, diodmount) takes Rlerror ENOENT to
+      // Tauth as "no authentication required" and attaches; any other errno stops it.
+      return fail(Errno.ENOENT, 'prism needs no authentication: attach with afid NOFID');
     case 'Tattach': {
       if (m.afid !== NOFID) fail(Errno.EINVAL, 'no auth fids exist on this server');
       const root = attachRoot(ctx, m.aname);
@@ -404,7 +406,7 @@ export async function handle<N extends FsNode>(ctx: HandlerContext<N>, m: Tmessa
       if (f.node.type !== 'dir') fail(Errno.ENOTDIR, 'not a directory');
       const count = Math.min(m.count, ctx.msize - RREADDIR_HEADER_SIZE);
       const entries = await ctx.fs.readdir(fd, m.offset, Math.max(512, Math.min(count, 1 << 20)));
-      const { data } = encodeDirents(
+      const { count: packed, data } = encodeDirents(
         entries.map((e) => ({
           qid: { type: e.type === 'dir' ? QidType.DIR : e.type === 'symlink' ? QidType.SYMLINK : QidType.FILE, version: 0, path: e.ino },
           offset: e.offset,
@@ -413,6 +415,8 @@ export async function handle<N extends FsNode>(ctx: HandlerContext<N>, m: Tmessa
         })),
         count,
       );
+      // An empty reply means "end of directory": if entries exist but not one fits, say so.
+      if (packed === 0 && entries.length > 0) fail(Errno.EINVAL, `readdir count ${count} is too small for one entry`);
       return { type: 'Rreaddir', tag, data };
     }
     case 'Tfsync':
@@ -426,7 +430,10 @@ export async function handle<N extends FsNode>(ctx: HandlerContext<N>, m: Tmessa
     }
     case 'Tgetlock': {
       const fd = openFd(fidOf(ctx, m.fid));
-      const held = await ctx.fs.getlock(fd, { kind: lockKind(m.lockType), start: toI64(m.start), length: toI64(m.length) });
+      // Linux 6.1 sends UNLCK whatever F_GETLK asked: take it as "any conflicting lock",
+      // which is what a write-lock probe finds.
+      const kind = m.lockType === LOCK_TYPE.UNLCK ? 'write' : lockKind(m.lockType);
+      const held = await ctx.fs.getlock(fd, { kind, start: toI64(m.start), length: toI64(m.length) });
       if (!held) return { type: 'Rgetlock', tag, lockType: LOCK_TYPE.UNLCK, start: m.start, length: m.length, procId: m.procId, clientId: m.clientId };
       return { type: 'Rgetlock', tag, lockType: lockTypeOf(held.kind), start: held.start, length: held.length, procId: held.pid < 0 ? 0 : held.pid, clientId: Buffer.alloc(0) };
     }
