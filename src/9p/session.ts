@@ -43,6 +43,8 @@ export class ServerSession<N extends FsNode = FsNode> {
   private readonly ctx: HandlerContext<N>;
   private readonly maxInflight: number;
   private paused = false;
+  /** Replies are being batched until the end of this event-loop turn (see send). */
+  private corked = false;
   private closed = false;
   private readonly log: NonNullable<SessionOptions['log']>;
   /** Resolves when the connection is finished and every fid is released. */
@@ -179,6 +181,17 @@ export class ServerSession<N extends FsNode = FsNode> {
   private send(reply: Rmessage | Buffer): void {
     if (this.closed || this.stream.destroyed) return;
     const frame = Buffer.isBuffer(reply) ? reply : encodeR(reply);
+    // With other requests still running, more replies are likely to finish in this event-loop turn:
+    // cork so they leave in one writev (setImmediate runs after this turn's I/O callbacks) instead
+    // of one write(2) each. A lone request's reply goes out at once.
+    if (!this.corked && this.inflight.size > 1) {
+      this.corked = true;
+      this.stream.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.stream.uncork();
+      });
+    }
     if (!this.stream.write(frame) && !this.paused) {
       this.paused = true;
       this.stream.pause();
