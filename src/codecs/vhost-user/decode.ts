@@ -298,25 +298,20 @@ function open(buf: Buffer, fds: number, names: readonly (string | undefined)[], 
   const request = buf.readUInt32LE(0);
   const flags = buf.readUInt32LE(4);
   const size = buf.readUInt32LE(8);
-  const name = names[request];
+  const name = request < names.length ? names[request] : undefined;
   const needReply = (flags & HeaderFlag.NEED_REPLY) !== 0;
-  const details = { reason: 'header' as const, request, requestName: name, needReply };
-  const label = `vhost-user ${name ?? `${side} request ${request}`}`;
-  if (size !== buf.length - HEADER_SIZE) {
-    throw new DecodeError(`${label}: size field says ${size} payload bytes but ${buf.length - HEADER_SIZE} follow the header`, details);
+  // The checks in order; the error (and its strings) is built only for a bad header.
+  let problem: string | null = null;
+  if (size !== buf.length - HEADER_SIZE) problem = `size field says ${size} payload bytes but ${buf.length - HEADER_SIZE} follow the header`;
+  else if ((flags & HeaderFlag.VERSION_MASK) !== HeaderFlag.VERSION) problem = `protocol version ${flags & HeaderFlag.VERSION_MASK}, not ${HeaderFlag.VERSION}`;
+  else if ((flags & HeaderFlag.RESERVED_MASK) !== 0) problem = `reserved flag bits set (flags 0x${flags.toString(16)})`;
+  else if (((flags & HeaderFlag.REPLY) !== 0) !== reply) problem = reply ? 'a reply without the REPLY flag' : 'a request with the REPLY flag';
+  else if (reply && needReply) problem = 'a reply with NEED_REPLY';
+  if (problem !== null) {
+    throw new DecodeError(`vhost-user ${name ?? `${side} request ${request}`}: ${problem}`, { reason: 'header', request, requestName: name, needReply });
   }
-  if ((flags & HeaderFlag.VERSION_MASK) !== HeaderFlag.VERSION) {
-    throw new DecodeError(`${label}: protocol version ${flags & HeaderFlag.VERSION_MASK}, not ${HeaderFlag.VERSION}`, details);
-  }
-  if ((flags & HeaderFlag.RESERVED_MASK) !== 0) {
-    throw new DecodeError(`${label}: reserved flag bits set (flags 0x${flags.toString(16)})`, details);
-  }
-  if (((flags & HeaderFlag.REPLY) !== 0) !== reply) {
-    throw new DecodeError(`${label}: ${reply ? 'a reply without' : 'a request with'} the REPLY flag`, details);
-  }
-  if (reply && needReply) throw new DecodeError(`${label}: a reply with NEED_REPLY`, details);
   if (name === undefined) {
-    throw new DecodeError(`unknown vhost-user ${side} request ${request}`, { ...details, reason: 'unknown-request' });
+    throw new DecodeError(`unknown vhost-user ${side} request ${request}`, { reason: 'unknown-request', request, needReply });
   }
   return { buf, size, request, name, needReply, view: null };
 }
