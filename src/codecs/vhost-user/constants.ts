@@ -263,6 +263,9 @@ export const VirtioFeature = {
   RING_RESET: 40,
 } as const;
 
+/** VHOST_USER_F_PROTOCOL_FEATURES by its spec name: GET_FEATURES bit 30 (vhost-user.rst "Communication"). */
+export const VHOST_USER_F_PROTOCOL_FEATURES = VirtioFeature.PROTOCOL_FEATURES;
+
 /** virtio-net device feature bits (virtio 1.2 §5.1.3), for the net device's GET_FEATURES answer. */
 export const VirtioNetFeature = {
   CSUM: 0,

@@ -65,6 +65,9 @@ export interface MessageReaderOptions {
  * carries fds, but stops at the end of that segment (unix_stream_read_generic), and every front-end
  * (QEMU, DPDK, rust-vmm) sends one message, header and payload, per sendmsg with its fds.
  *
+ * With prism's FdSocket, push each 'data' chunk with the fds of the 'fds' event that came just before
+ * it (one recvmsg), in flowing mode: a paused Readable may join chunks and lose that pairing.
+ *
  * A size field above the limit, more than maxFds fds for one message, or fds pushed with no bytes
  * make next() throw ProtocolError (code ERR_VHOST_USER_FRAMING), at once and on every later call:
  * the stream cannot be trusted and the connection should be closed. The size check runs as soon as
