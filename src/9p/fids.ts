@@ -15,6 +15,12 @@ export interface Fid<N extends FsNode = FsNode> {
   openFlags: number;
   /** Set for fids made by Txattrwalk / Txattrcreate. */
   xattr: XattrRead | XattrWrite | null;
+  /**
+   * Byte-range locks taken through this open fid, one open file description per lock owner
+   * (Tlock proc_id and client_id), so that one owner's unlock leaves the others' locks alone.
+   * `queue` runs the fid's lock requests one at a time.
+   */
+  locks?: { owners: Map<string, number>; queue: Promise<unknown> };
 }
 
 export class FidTable<N extends FsNode = FsNode> {

@@ -16,6 +16,7 @@ import type { Fid, FidTable } from './fids.js';
 
 const read = promisify(fs.read);
 const write = promisify(fs.write);
+const close = promisify(fs.close);
 
 export interface HandlerContext<N extends FsNode> {
   fs: FileSystem<N>;
@@ -31,6 +32,8 @@ export interface HandlerContext<N extends FsNode> {
 
 const NOBODY = 65534;
 const XATTR_MAX = 65536;
+/** Lock owners (processes of the client) with locks through one open fid at a time. */
+const MAX_LOCK_OWNERS = 64;
 const RREAD_HDR = RREAD_HEADER_SIZE;
 const SETATTR = SetattrValid;
 const LOCK_TYPE = LockType;
@@ -87,13 +90,62 @@ function openFd<N extends FsNode>(f: Fid<N>): number {
   return f.fd;
 }
 
-/** Releases what a fid holds (its open fd and its node). */
+/** Releases what a fid holds (its open fd, its lock owners' fds and its node). */
 export function releaseFid<N extends FsNode>(ctx: HandlerContext<N>, f: Fid<N>): void {
   if (f.fd !== null) {
     fs.close(f.fd, () => undefined);
     f.fd = null;
   }
+  const locks = f.locks;
+  if (locks) {
+    // After the lock request in progress, if any (closing releases each owner's locks).
+    void locks.queue.then(() => {
+      for (const fd of locks.owners.values()) fs.close(fd, () => undefined);
+      locks.owners.clear();
+    });
+  }
   ctx.fs.release(f.node);
+}
+
+// Byte-range locks. The Linux client (6.1) sends a POSIX lock's owner as proc_id (the locking
+// process; client_id is its node name) and turns flock(2) into whole-file POSIX locks. It also
+// sends a whole-file unlock for every close() of the file by any process, e.g. each child that
+// inherited the fd and exits, with that process's proc_id. One OFD lock per fid would let such an
+// unlock drop the lock its parent still holds (diod, which flock(2)s the fid's fd, does). So each
+// owner gets its own open file description for its locks: another process's unlock finds nothing
+// to release, a conflicting owner on this or any other fid is refused by the host kernel, and the
+// owner's whole-file unlock (its close) or the fid's clunk releases them.
+
+function lockOwner(procId: number, clientId: Buffer): string {
+  return `${procId}/${clientId.toString('hex')}`;
+}
+
+/** Runs fn after the fid's earlier lock requests (so an owner's fd is never closed under one). */
+function lockQueue<N extends FsNode, T>(f: Fid<N>, fn: (owners: Map<string, number>) => Promise<T>): Promise<T> {
+  const locks = (f.locks ??= { owners: new Map(), queue: Promise.resolve() });
+  const run = locks.queue.then(() => {
+    if (f.fd === null) fail(Errno.EBADF, 'fid is not open');
+    return fn(locks.owners);
+  });
+  locks.queue = run.catch(() => undefined);
+  return run;
+}
+
+/** The owner's lock fd on this open fid, opened on first use. */
+async function ownerFd<N extends FsNode>(ctx: HandlerContext<N>, f: Fid<N>, owners: Map<string, number>, owner: string): Promise<number> {
+  const have = owners.get(owner);
+  if (have !== undefined) return have;
+  if (owners.size >= MAX_LOCK_OWNERS) fail(Errno.ENOLCK, `more than ${MAX_LOCK_OWNERS} lock owners on one open file`);
+  // A write lock needs a writable fd, but flock(2) (which arrives as one) needs no write access:
+  // open regular files read-write when the export and permissions allow it.
+  let fd: number;
+  try {
+    fd = await ctx.fs.open(f.node, f.node.type === 'file' ? K.O_RDWR : K.O_RDONLY);
+  } catch {
+    fd = await ctx.fs.open(f.node, K.O_RDONLY);
+  }
+  owners.set(owner, fd);
+  return fd;
 }
 
 function owner<N extends FsNode>(ctx: HandlerContext<N>, f: Fid<N>, gid: number): { uid: number; gid: number } | undefined {
@@ -423,17 +475,33 @@ export async function handle<N extends FsNode>(ctx: HandlerContext<N>, m: Tmessa
       await ctx.fs.fsync(openFd(fidOf(ctx, m.fid)), m.datasync !== 0);
       return { type: 'Rfsync', tag };
     case 'Tlock': {
-      const fd = openFd(fidOf(ctx, m.fid));
-      const ok = await ctx.fs.lock(fd, { kind: lockKind(m.lockType), start: toI64(m.start), length: toI64(m.length) });
+      const f = fidOf(ctx, m.fid);
+      openFd(f);
+      const req = { kind: lockKind(m.lockType), start: toI64(m.start), length: toI64(m.length) };
+      const owner = lockOwner(m.procId, m.clientId);
+      const ok = await lockQueue(f, async (owners) => {
+        if (req.kind === 'unlock') {
+          const fd = owners.get(owner);
+          if (fd === undefined) return true; // this owner holds nothing here
+          if (req.start !== 0n || req.length !== 0n) return ctx.fs.lock(fd, req);
+          owners.delete(owner); // whole file: closing its fd releases all its locks
+          await close(fd);
+          return true;
+        }
+        return ctx.fs.lock(await ownerFd(ctx, f, owners, owner), req);
+      });
       // Never wait here: the Linux client retries a BLOCKED lock itself.
       return { type: 'Rlock', tag, status: ok ? LOCK_STATUS.SUCCESS : LOCK_STATUS.BLOCKED };
     }
     case 'Tgetlock': {
-      const fd = openFd(fidOf(ctx, m.fid));
+      const f = fidOf(ctx, m.fid);
+      openFd(f);
       // Linux 6.1 sends UNLCK whatever F_GETLK asked: take it as "any conflicting lock",
       // which is what a write-lock probe finds.
-      const kind = m.lockType === LOCK_TYPE.UNLCK ? 'write' : lockKind(m.lockType);
-      const held = await ctx.fs.getlock(fd, { kind, start: toI64(m.start), length: toI64(m.length) });
+      const req = { kind: m.lockType === LOCK_TYPE.UNLCK ? 'write' : lockKind(m.lockType), start: toI64(m.start), length: toI64(m.length) } as const;
+      const owner = lockOwner(m.procId, m.clientId);
+      // The asking owner's own locks are no conflict: ask from its lock fd if it has one.
+      const held = await lockQueue(f, (owners) => ctx.fs.getlock(owners.get(owner) ?? openFd(f), req));
       if (!held) return { type: 'Rgetlock', tag, lockType: LOCK_TYPE.UNLCK, start: m.start, length: m.length, procId: m.procId, clientId: m.clientId };
       return { type: 'Rgetlock', tag, lockType: lockTypeOf(held.kind), start: held.start, length: held.length, procId: held.pid < 0 ? 0 : held.pid, clientId: Buffer.alloc(0) };
     }
