@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import {
   AT_REMOVEDIR, DirentType, GetattrMask, IOHDRSZ, LockStatus, LockType, MAXWELEM, NOFID, NONUNAME, OpenFlags, P9_GETATTR_BASIC,
-  QidType, RREADDIR_HEADER_SIZE, RREAD_HEADER_SIZE, SetattrValid, allocRread, encodeDirents, finishRread,
+  QidType, RREADDIR_HEADER_SIZE, RREAD_HEADER_SIZE, SetattrValid, allocRread, encodeDirents, encodeRreadHeader, finishRread,
   type Qid, type Rmessage, type Tmessage,
 } from '../codecs/9p/index.js';
 import type { Attr, FileSystem, FileType, FsNode, LockKind, SetAttr } from '../fs/core.js';
@@ -28,6 +28,11 @@ export interface HandlerContext<N extends FsNode> {
   ownerFromClient: boolean;
   setMsize(m: number): void;
   resetSession(): void;
+  /**
+   * A buffer of msize bytes for an Rread frame, from the session's reuse pool. The session takes
+   * it back once the frame is written, so a frame built in it must be a view of it from byte 0.
+   */
+  readBuffer?(): Buffer;
 }
 
 const NOBODY = 65534;
@@ -287,6 +292,14 @@ async function readFid<N extends FsNode>(ctx: HandlerContext<N>, m: Extract<Tmes
   const fd = openFd(f);
   if ((f.openFlags & K.O_ACCMODE) === K.O_WRONLY) fail(Errno.EBADF, 'fid is open write-only');
   if (m.offset > BigInt(Number.MAX_SAFE_INTEGER)) fail(Errno.EINVAL, 'offset too large');
+  const buf = ctx.readBuffer?.();
+  if (buf && buf.length >= RREAD_HDR + count) {
+    // A reused buffer (no fresh msize allocation per read): only the header and the bytes read
+    // are sent, never what an earlier read left behind them.
+    const { bytesRead } = await read(fd, buf, RREAD_HDR, count, Number(m.offset));
+    encodeRreadHeader(m.tag, bytesRead).copy(buf, 0);
+    return buf.subarray(0, RREAD_HDR + bytesRead);
+  }
   const { frame, data } = allocRread(m.tag, count);
   const { bytesRead } = await read(fd, data, 0, count, Number(m.offset));
   return finishRread(frame, bytesRead);
