@@ -73,11 +73,17 @@ export function runHostNode(opts: HostNodeOptions): Promise<GuestResult> {
   const tag = 'hostroot';
   const command = ['cd', shellQuote(cwd), '&&', 'exec', ...[process.execPath, ...args].map(shellQuote)].join(' ');
   const e = HOST_NODE_SETUP_EXIT;
+  // The fresh tmpfs on /tmp hides the host's /tmp; a checkout that lives there (CI clones may)
+  // is bound back into place from the host's view kept at /run/hosttmp.
+  const rel = cwd.startsWith('/tmp/') ? cwd.slice('/tmp/'.length) : null;
+  const keepUnderTmp = rel === null ? '' : `mkdir -p /host/tmp/${shellQuote(rel)} && mount -o bind /run/hosttmp/${shellQuote(rel)} /host/tmp/${shellQuote(rel)} || { echo "host-node: cannot keep ${cwd} visible"; exit ${e.mountSpecial}; }`;
   const script = `mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose,msize=524288,ro ${tag} /host || { echo "host-node: cannot mount the host root (9p tag ${tag})"; exit ${e.mount9p}; }
 for d in proc sys dev tmp; do [ -d "/host/$d" ] || { echo "host-node: the host has no /$d"; exit ${e.noMountPoint}; }; done
-mount -t proc proc /host/proc && mount -t sysfs sysfs /host/sys && mount -t devtmpfs devtmpfs /host/dev \
+mkdir -p /run/hosttmp && mount -o bind /host/tmp /run/hosttmp \
+  && mount -t proc proc /host/proc && mount -t sysfs sysfs /host/sys && mount -t devtmpfs devtmpfs /host/dev \
   && mount -t tmpfs -o mode=1777 tmpfs /host/tmp || { echo "host-node: cannot mount proc, sys, dev, tmp"; exit ${e.mountSpecial}; }
+${keepUnderTmp}
 ${before}
 echo "host-node: start $(cut -d' ' -f1 /proc/uptime)"
 chroot /host /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 /bin/sh -c ${shellQuote(command)}
