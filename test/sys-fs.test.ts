@@ -56,6 +56,29 @@ describe('openat2 confinement', () => {
     fs.closeSync(fd);
   });
 
+  it('openat2Cached resolves cached paths on this thread, with the same confinement', async () => {
+    assert.equal(sys.features.cachedLookups, true, 'this kernel has RESOLVE_CACHED');
+    await sys.statx(rootFd, 'sub/inside'); // make sure the dentries are cached
+    const fd = sys.openat2Cached(rootFd, 'sub/inside', { flags: K.O_RDONLY, resolve: CONFINED });
+    assert.ok(fd !== null);
+    assert.equal(fs.readFileSync(fd, 'utf8'), 'inside');
+    fs.closeSync(fd);
+    // An escape is refused here (EXDEV) or left to the pool path (null), which refuses it.
+    for (const escape of ['../secret', 'abs-link', 'sub/rel-escape']) {
+      const how = { flags: K.O_RDONLY, resolve: CONFINED };
+      let code = 'opened';
+      try {
+        const got = sys.openat2Cached(rootFd, escape, how) ?? (await sys.openat2(rootFd, escape, how));
+        fs.closeSync(got);
+      } catch (e) {
+        code = e instanceof SysError ? e.code : String(e);
+      }
+      assert.equal(code, 'EXDEV', escape);
+    }
+    const st = sys.fstatxCached(rootFd, K.STATX_TYPE | K.STATX_INO);
+    assert.equal(st.mode & K.S_IFMT, K.S_IFDIR);
+  });
+
   it('refuses .. past the root with EXDEV', async () => {
     await rejectsWith(sys.openat2(rootFd, '../secret', { flags: K.O_RDONLY, resolve: CONFINED }), 'EXDEV');
     await rejectsWith(sys.openat2(rootFd, 'sub/../../secret', { flags: K.O_RDONLY, resolve: CONFINED }), 'EXDEV');

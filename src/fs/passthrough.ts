@@ -133,9 +133,10 @@ export class PassthroughFs extends BaseFileSystem<PassthroughNode> {
   }
 
   /** A node for an O_PATH fd we just opened (takes ownership of fd). */
-  private async adopt(fd: number, parent: PassthroughNode, name: Buffer): Promise<PassthroughNode> {
+  private adopt(fd: number, parent: PassthroughNode, name: Buffer): PassthroughNode {
     try {
-      const st = await sys.fstatx(fd, K.STATX_TYPE | K.STATX_INO);
+      // Type and inode number never change: the in-memory inode answers, no pool round trip.
+      const st = sys.fstatxCached(fd, K.STATX_TYPE | K.STATX_INO);
       return new PassthroughNode(fd, fileType(st.mode), st.ino, devOf(st), this.retain(parent), Buffer.from(name));
     } catch (e) {
       sys.closeFd(fd);
@@ -145,7 +146,9 @@ export class PassthroughFs extends BaseFileSystem<PassthroughNode> {
 
   /** The node of `name` in `dir`, not following a final symlink, confined beneath `dir`. */
   private async child(dir: PassthroughNode, name: Buffer): Promise<PassthroughNode> {
-    const fd = await sys.openat2(dir.fd, name, { flags: K.O_PATH | K.O_NOFOLLOW, resolve: CONFINED });
+    const how = { flags: K.O_PATH | K.O_NOFOLLOW, resolve: CONFINED };
+    // From the dentry cache on this thread when possible; the pool only when it needs I/O.
+    const fd = sys.openat2Cached(dir.fd, name, how) ?? (await sys.openat2(dir.fd, name, how));
     return this.adopt(fd, dir, name);
   }
 

@@ -80,6 +80,29 @@ Napi::Object Timestamp(Napi::Env env, const statx_timestamp& t) {
   return o;
 }
 
+Napi::Value StatxObject(Napi::Env env, struct statx& st) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("mask", st.stx_mask);
+  o.Set("blksize", st.stx_blksize);
+  o.Set("attributes", Napi::BigInt::New(env, static_cast<uint64_t>(st.stx_attributes)));
+  o.Set("nlink", st.stx_nlink);
+  o.Set("uid", st.stx_uid);
+  o.Set("gid", st.stx_gid);
+  o.Set("mode", st.stx_mode);
+  o.Set("ino", Napi::BigInt::New(env, static_cast<uint64_t>(st.stx_ino)));
+  o.Set("size", Napi::BigInt::New(env, static_cast<uint64_t>(st.stx_size)));
+  o.Set("blocks", Napi::BigInt::New(env, static_cast<uint64_t>(st.stx_blocks)));
+  o.Set("atime", Timestamp(env, st.stx_atime));
+  o.Set("btime", Timestamp(env, st.stx_btime));
+  o.Set("ctime", Timestamp(env, st.stx_ctime));
+  o.Set("mtime", Timestamp(env, st.stx_mtime));
+  o.Set("rdevMajor", st.stx_rdev_major);
+  o.Set("rdevMinor", st.stx_rdev_minor);
+  o.Set("devMajor", st.stx_dev_major);
+  o.Set("devMinor", st.stx_dev_minor);
+  return o;
+}
+
 Napi::Value Statx(const Napi::CallbackInfo& info) {
   int dirfd = ArgInt(info, 0);
   std::string path = ArgBytes(info, 1);
@@ -91,28 +114,38 @@ Napi::Value Statx(const Napi::CallbackInfo& info) {
         PRISM_CALL(statx(dirfd, path.c_str(), flags, mask, &st));
         return 0;
       },
-      [](Napi::Env env, struct statx& st) -> Napi::Value {
-        Napi::Object o = Napi::Object::New(env);
-        o.Set("mask", st.stx_mask);
-        o.Set("blksize", st.stx_blksize);
-        o.Set("attributes", Napi::BigInt::New(env, static_cast<uint64_t>(st.stx_attributes)));
-        o.Set("nlink", st.stx_nlink);
-        o.Set("uid", st.stx_uid);
-        o.Set("gid", st.stx_gid);
-        o.Set("mode", st.stx_mode);
-        o.Set("ino", Napi::BigInt::New(env, static_cast<uint64_t>(st.stx_ino)));
-        o.Set("size", Napi::BigInt::New(env, static_cast<uint64_t>(st.stx_size)));
-        o.Set("blocks", Napi::BigInt::New(env, static_cast<uint64_t>(st.stx_blocks)));
-        o.Set("atime", Timestamp(env, st.stx_atime));
-        o.Set("btime", Timestamp(env, st.stx_btime));
-        o.Set("ctime", Timestamp(env, st.stx_ctime));
-        o.Set("mtime", Timestamp(env, st.stx_mtime));
-        o.Set("rdevMajor", st.stx_rdev_major);
-        o.Set("rdevMinor", st.stx_rdev_minor);
-        o.Set("devMajor", st.stx_dev_major);
-        o.Set("devMinor", st.stx_dev_minor);
-        return o;
-      });
+      StatxObject);
+}
+
+// Synchronous variants for the main thread, only for calls that cannot wait on I/O:
+// openat2 with RESOLVE_CACHED (fails with EAGAIN instead of touching the disk) and
+// statx with AT_STATX_DONT_SYNC on an fd we hold (the inode is in memory). They spare
+// a thread-pool round trip per lookup; callers fall back to the async calls.
+Napi::Value Openat2Sync(const Napi::CallbackInfo& info) {
+  int dirfd = ArgInt(info, 0);
+  std::string path = ArgBytes(info, 1);
+  open_how how{};
+  how.flags = ArgUint64(info, 2);
+  how.mode = ArgUint64(info, 3);
+  how.resolve = ArgUint64(info, 4);
+  long rc;
+  do {
+    rc = syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how);
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) ThrowErrno(info.Env(), errno, "openat2");
+  return Napi::Number::New(info.Env(), static_cast<double>(rc));
+}
+
+Napi::Value StatxSync(const Napi::CallbackInfo& info) {
+  int dirfd = ArgInt(info, 0);
+  std::string path = ArgBytes(info, 1);
+  struct statx st {};
+  int rc;
+  do {
+    rc = statx(dirfd, path.c_str(), ArgInt(info, 2), ArgUint(info, 3), &st);
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) ThrowErrno(info.Env(), errno, "statx");
+  return StatxObject(info.Env(), st);
 }
 
 Napi::Value Mkdirat(const Napi::CallbackInfo& info) {
@@ -397,6 +430,8 @@ void InitFs(Napi::Env env, Napi::Object exports) {
   exports.Set("openat2", Napi::Function::New(env, Openat2));
   exports.Set("probeOpenat2", Napi::Function::New(env, ProbeOpenat2));
   exports.Set("statx", Napi::Function::New(env, Statx));
+  exports.Set("openat2Sync", Napi::Function::New(env, Openat2Sync));
+  exports.Set("statxSync", Napi::Function::New(env, StatxSync));
   exports.Set("mkdirat", Napi::Function::New(env, Mkdirat));
   exports.Set("mknodat", Napi::Function::New(env, Mknodat));
   exports.Set("symlinkat", Napi::Function::New(env, Symlinkat));

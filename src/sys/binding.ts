@@ -61,6 +61,7 @@ export const CONSTANT_NAMES = [
   'AT_NO_AUTOMOUNT',
   'AT_EMPTY_PATH',
   'AT_STATX_SYNC_AS_STAT',
+  'AT_STATX_DONT_SYNC',
   'STATX_TYPE',
   'STATX_MODE',
   'STATX_NLINK',
@@ -144,6 +145,8 @@ export interface NativeBinding {
   // fs.cc — promise-returning, run on the libuv pool
   openat2(dirfd: number, path: Buffer, flags: number, mode: number, resolve: number): Promise<number>;
   probeOpenat2(): number;
+  openat2Sync(dirfd: number, path: Buffer, flags: number, mode: number, resolve: number): number;
+  statxSync(dirfd: number, path: Buffer, flags: number, mask: number): NativeStatx;
   statx(dirfd: number, path: Buffer, flags: number, mask: number): Promise<NativeStatx>;
   mkdirat(dirfd: number, path: Buffer, mode: number): Promise<void>;
   mknodat(dirfd: number, path: Buffer, mode: number, major: number, minor: number): Promise<void>;

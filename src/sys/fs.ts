@@ -2,7 +2,7 @@
 // can block returns a promise (it runs on the libuv pool). Plain fds returned
 // here work with Node's own fs.read / fs.write / fs.fsync / fs.close.
 import { C, native, type NativeDirent, type NativeStatfs, type NativeStatx } from './binding.js';
-import { SysError, async, sync } from './errors.js';
+import { SysError, async, isNativeError, sync, toSysError } from './errors.js';
 import * as v from './validate.js';
 import type { PathArg } from './validate.js';
 
@@ -14,6 +14,8 @@ export type Statfs = NativeStatfs;
 export const features = {
   /** openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS (Linux >= 5.6). */
   openat2: native.probeOpenat2() === 0,
+  /** openat2's RESOLVE_CACHED (Linux >= 5.12), probed below. */
+  cachedLookups: false,
 };
 
 /** Throws a clear error when the kernel cannot confine path lookups. */
@@ -43,7 +45,7 @@ export interface OpenHow {
  * openat2(2): opens `path` relative to `dirfd` with the given RESOLVE_* confinement.
  * Resolves to the new fd.
  */
-export async function openat2(dir: number, path: PathArg, how: OpenHow): Promise<number> {
+function openArgs(dir: number, path: PathArg, how: OpenHow): [number, Buffer, number, number, number] {
   const d = dirfd(dir);
   const p = v.pathBytes(path);
   if (typeof how !== 'object' || how === null) throw new TypeError('how must be an object {flags, mode?, resolve?}');
@@ -54,7 +56,50 @@ export async function openat2(dir: number, path: PathArg, how: OpenHow): Promise
     throw new RangeError('how.mode is only valid with O_CREAT or O_TMPFILE (openat2 refuses it otherwise)');
   }
   if (!features.openat2) requireOpenat2();
+  return [d, p, flags, mode, resolve];
+}
+
+export async function openat2(dir: number, path: PathArg, how: OpenHow): Promise<number> {
+  const [d, p, flags, mode, resolve] = openArgs(dir, path, how);
   return async(native.openat2(d, p, flags, mode, resolve), v.showPath(path));
+}
+
+/** RESOLVE_CACHED (Linux >= 5.12): a lookup that fails with EAGAIN rather than doing I/O. */
+function probeCachedLookups(): boolean {
+  if (!features.openat2) return false;
+  try {
+    native.close(native.openat2Sync(C.AT_FDCWD, Buffer.from('/'), C.O_PATH | C.O_CLOEXEC, 0, C.RESOLVE_CACHED));
+    return true;
+  } catch (e) {
+    return isNativeError(e) && e.code === 'EAGAIN';
+  }
+}
+features.cachedLookups = probeCachedLookups();
+
+/**
+ * openat2 done on the calling thread when the kernel can resolve the path from its
+ * dentry cache alone (RESOLVE_CACHED): the fd, or null when that would need I/O, or
+ * when the kernel lacks RESOLVE_CACHED. Then use openat2(), which runs on the pool.
+ * It saves a thread-pool round trip on the hot lookup path and can never block.
+ */
+export function openat2Cached(dir: number, path: PathArg, how: OpenHow): number | null {
+  if (!features.cachedLookups) return null;
+  const [d, p, flags, mode, resolve] = openArgs(dir, path, how);
+  try {
+    return native.openat2Sync(d, p, flags, mode, resolve | C.RESOLVE_CACHED);
+  } catch (e) {
+    if (isNativeError(e) && e.code === 'EAGAIN') return null;
+    throw toSysError(e, v.showPath(path));
+  }
+}
+
+/**
+ * statx of an fd we hold, on the calling thread, from the in-memory inode
+ * (AT_STATX_DONT_SYNC: no round trip to a network filesystem's server). For
+ * fields that do not change (type, inode number) or where cached is fine.
+ */
+export function fstatxCached(fd: number, mask: number): Stat {
+  return sync(() => native.statxSync(v.fd(fd), Buffer.alloc(0), C.AT_EMPTY_PATH | C.AT_SYMLINK_NOFOLLOW | C.AT_STATX_DONT_SYNC, v.u32(mask, 'mask')));
 }
 
 export interface StatxOptions {
