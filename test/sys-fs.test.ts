@@ -79,6 +79,18 @@ describe('openat2 confinement', () => {
     assert.equal(st.mode & K.S_IFMT, K.S_IFDIR);
   });
 
+  it('preadCached reads page-cached bytes on this thread and reports end of file as 0', async () => {
+    const fd = await sys.openat2(rootFd, 'sub/inside', { flags: K.O_RDONLY, resolve: CONFINED });
+    fs.readFileSync(fd); // into the page cache
+    const buf = Buffer.alloc(16);
+    // ext4 (these machines' /tmp) supports RWF_NOWAIT; other filesystems may answer null.
+    assert.equal(sys.preadCached(fd, buf, 2, 10, 0), 6);
+    assert.equal(buf.subarray(2, 8).toString(), 'inside');
+    assert.equal(sys.preadCached(fd, buf, 0, 16, 100), 0, 'end of file');
+    assert.throws(() => sys.preadCached(fd, buf, 10, 10, 0), RangeError);
+    fs.closeSync(fd);
+  });
+
   it('refuses .. past the root with EXDEV', async () => {
     await rejectsWith(sys.openat2(rootFd, '../secret', { flags: K.O_RDONLY, resolve: CONFINED }), 'EXDEV');
     await rejectsWith(sys.openat2(rootFd, 'sub/../../secret', { flags: K.O_RDONLY, resolve: CONFINED }), 'EXDEV');

@@ -21,6 +21,8 @@ export interface Fid<N extends FsNode = FsNode> {
    * `queue` runs the fid's lock requests one at a time.
    */
   locks?: { owners: Map<string, number>; queue: Promise<unknown> };
+  /** The open file's filesystem has no RWF_NOWAIT reads: always read on the pool. */
+  noCachedReads?: boolean;
 }
 
 export class FidTable<N extends FsNode = FsNode> {

@@ -11,7 +11,7 @@ import {
 import type { Attr, FileSystem, FileType, FsNode, LockKind, SetAttr } from '../fs/core.js';
 import { Errno, FsError } from '../fs/errors.js';
 import { isDotDot } from '../fs/name.js';
-import { constants as K } from '../sys/index.js';
+import { constants as K, preadCached } from '../sys/index.js';
 import type { Fid, FidTable } from './fids.js';
 
 const read = promisify(fs.read);
@@ -296,7 +296,10 @@ async function readFid<N extends FsNode>(ctx: HandlerContext<N>, m: Extract<Tmes
   if (buf && buf.length >= RREAD_HDR + count) {
     // A reused buffer (no fresh msize allocation per read): only the header and the bytes read
     // are sent, never what an earlier read left behind them.
-    const { bytesRead } = await read(fd, buf, RREAD_HDR, count, Number(m.offset));
+    // Cached data is copied on this thread; only a read that must wait goes to the pool.
+    const cached = f.noCachedReads ? undefined : preadCached(fd, buf, RREAD_HDR, count, Number(m.offset));
+    if (cached === undefined) f.noCachedReads = true;
+    const bytesRead = cached ?? (await read(fd, buf, RREAD_HDR, count, Number(m.offset))).bytesRead;
     encodeRreadHeader(m.tag, bytesRead).copy(buf, 0);
     return buf.subarray(0, RREAD_HDR + bytesRead);
   }

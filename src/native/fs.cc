@@ -9,6 +9,7 @@
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -146,6 +147,29 @@ Napi::Value StatxSync(const Napi::CallbackInfo& info) {
   } while (rc < 0 && errno == EINTR);
   if (rc < 0) ThrowErrno(info.Env(), errno, "statx");
   return StatxObject(info.Env(), st);
+}
+
+// preadv2(RWF_NOWAIT) on the main thread: the bytes already in the page cache, or
+// null when the read would have to wait for I/O (then read on the pool instead).
+Napi::Value PreadNowait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0);
+  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
+  size_t offset = ArgUint(info, 2);
+  size_t length = ArgUint(info, 3);
+  off_t position = ArgInt64(info, 4);
+  // TS checks the range; this guard only keeps the pointer inside the buffer.
+  if (offset > buf.Length() || length > buf.Length() - offset) ThrowErrno(env, ERANGE, "preadv2");
+  iovec iov{buf.Data() + offset, length};
+  ssize_t n;
+  do {
+    n = preadv2(fd, &iov, 1, position, RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return env.Null();
+    ThrowErrno(env, errno, "preadv2");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
 }
 
 Napi::Value Mkdirat(const Napi::CallbackInfo& info) {
@@ -432,6 +456,7 @@ void InitFs(Napi::Env env, Napi::Object exports) {
   exports.Set("statx", Napi::Function::New(env, Statx));
   exports.Set("openat2Sync", Napi::Function::New(env, Openat2Sync));
   exports.Set("statxSync", Napi::Function::New(env, StatxSync));
+  exports.Set("preadNowait", Napi::Function::New(env, PreadNowait));
   exports.Set("mkdirat", Napi::Function::New(env, Mkdirat));
   exports.Set("mknodat", Napi::Function::New(env, Mknodat));
   exports.Set("symlinkat", Napi::Function::New(env, Symlinkat));

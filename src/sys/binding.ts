@@ -147,6 +147,7 @@ export interface NativeBinding {
   probeOpenat2(): number;
   openat2Sync(dirfd: number, path: Buffer, flags: number, mode: number, resolve: number): number;
   statxSync(dirfd: number, path: Buffer, flags: number, mask: number): NativeStatx;
+  preadNowait(fd: number, buf: Buffer, offset: number, length: number, position: number): number | null;
   statx(dirfd: number, path: Buffer, flags: number, mask: number): Promise<NativeStatx>;
   mkdirat(dirfd: number, path: Buffer, mode: number): Promise<void>;
   mknodat(dirfd: number, path: Buffer, mode: number, major: number, minor: number): Promise<void>;

@@ -320,3 +320,22 @@ export async function ofdGetLock(fd: number, range: LockRange): Promise<LockInfo
 export function closeFd(fd: number): void {
   sync(() => native.close(v.fd(fd)));
 }
+
+/**
+ * Reads what the page cache already holds, on the calling thread (preadv2 with
+ * RWF_NOWAIT): the byte count (0 at end of file), null when the read would wait
+ * for I/O, or undefined when the filesystem does not support it (tmpfs): in both
+ * cases read on the pool, and after undefined stop asking for this file.
+ */
+export function preadCached(fd: number, buf: Buffer, offset: number, length: number, position: number): number | null | undefined {
+  if (!Buffer.isBuffer(buf)) throw new TypeError('buf must be a Buffer');
+  v.int(offset, 'offset', 0, buf.length);
+  v.int(length, 'length', 0, buf.length - offset);
+  v.int(position, 'position', 0, Number.MAX_SAFE_INTEGER);
+  try {
+    return native.preadNowait(v.fd(fd), buf, offset, length, position);
+  } catch (e) {
+    if (isNativeError(e) && (e.code === 'EOPNOTSUPP' || e.code === 'ENOTSUP')) return undefined;
+    throw toSysError(e);
+  }
+}
