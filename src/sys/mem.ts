@@ -55,8 +55,19 @@ export class EventFd {
   private poller: NativePoller | null = null;
   private closed = false;
 
-  constructor(initial = 0, opts: { semaphore?: boolean } = {}) {
+  constructor(initial = 0, opts: { semaphore?: boolean; adopt?: number } = {}) {
+    if (opts.adopt !== undefined) {
+      const fd = v.fd(opts.adopt, 'fd');
+      sync(() => native.setNonblock(fd), `fd:${fd}`);
+      this.fd = fd;
+      return;
+    }
     this.fd = sync(() => native.eventfd(v.u32(initial, 'initial'), opts.semaphore ? C.EFD_SEMAPHORE : 0));
+  }
+
+  /** Wraps an eventfd received from a peer (a VMM's kick or call fd); takes ownership of it. */
+  static adopt(fd: number): EventFd {
+    return new EventFd(0, { adopt: fd });
   }
 
   /** Adds `n` (default 1) to the counter; false if it would overflow. */
