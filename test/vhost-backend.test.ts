@@ -8,10 +8,9 @@ import * as fs from 'node:fs';
 import * as sys from '../src/sys/index.js';
 import { VhostUserBackend, type VhostUserDevice } from '../src/vhost/backend.js';
 import type { SplitVirtqueue } from '../src/vhost/virtqueue.js';
-import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, decodeReply, encodeFrontend, featureMask, readHeader, type BackendReply, type FrontendMessage } from '../src/codecs/vhost-user/index.js';
+import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, featureMask } from '../src/codecs/vhost-user/index.js';
+import { Frontend, MiB, UVA, f } from './helpers/vhost-frontend.js';
 
-const MiB = 1 << 20;
-const UVA = 0x7f00_0000_0000n;
 
 /** Copies what each chain carries into its writable buffers and returns it: an echo device. */
 class EchoDevice implements VhostUserDevice {
@@ -46,42 +45,6 @@ class EchoDevice implements VhostUserDevice {
   }
 }
 
-class Frontend {
-  private buf = Buffer.alloc(0);
-  private waiters: (() => void)[] = [];
-  closed = false;
-  constructor(readonly sock: sys.FdSocket) {
-    sock.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.waiters.splice(0).forEach((w) => w());
-    });
-    const ended = (): void => {
-      this.closed = true;
-      this.waiters.splice(0).forEach((w) => w());
-    };
-    sock.on('end', ended);
-    sock.on('close', ended);
-  }
-  send(m: FrontendMessage, fds: number[] = []): void {
-    const bytes = encodeFrontend(m);
-    if (fds.length) this.sock.writeWithFds(bytes, fds);
-    else this.sock.write(bytes);
-  }
-  async reply(): Promise<BackendReply> {
-    for (;;) {
-      const h = readHeader(this.buf);
-      if (h && this.buf.length >= 12 + h.size) {
-        const msg = this.buf.subarray(0, 12 + h.size);
-        this.buf = this.buf.subarray(12 + h.size);
-        return decodeReply(Buffer.from(msg));
-      }
-      if (this.closed) throw new Error('backend closed the connection');
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-  }
-}
-
-const f = (needReply = false): { needReply: boolean } => ({ needReply });
 
 function connected(): { fe: Frontend; dev: EchoDevice; be: VhostUserBackend; ram: DataView; ramBytes: Uint8Array; memfd: number } {
   const [a, b] = sys.unixSocketPair();

@@ -127,6 +127,15 @@ export class SplitVirtqueue {
     return chain;
   }
 
+  /**
+   * Gives back the last `n` chains taken with pop() and not yet pushed as used
+   * (e.g. a packet that turned out not to fit): the next pop() returns them again.
+   */
+  unpop(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || n > this.size) throw new RangeError(`cannot give back ${n} chains`);
+    this.lastAvail = (this.lastAvail - n) & 0xffff;
+  }
+
   private walk(head: number): DescriptorChain {
     if (head >= this.size) this.fail(`head index ${head} is outside a queue of ${this.size}`);
     const chain: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };

@@ -1,0 +1,141 @@
+// A switch port as a vhost-user virtio-net device (virtio 1.2 §5.1): queue 0
+// receives into the guest, queue 1 transmits from it. Offloads (checksum,
+// TSO/UFO) are not offered: every frame crosses the switch complete, with a
+// zeroed virtio-net header, so no guest can hand another a packet whose
+// checksum it never computed. MRG_RXBUF lets a frame span several receive
+// buffers.
+import type { VhostUserDevice } from '../vhost/backend.js';
+import { QueueBroken, type DescriptorChain, type SplitVirtqueue } from '../vhost/virtqueue.js';
+import { featureMask } from '../codecs/vhost-user/index.js';
+import { ETH_MAX, type Switch } from './switch.js';
+
+/** virtio_net_hdr_v1 (12 bytes, with num_buffers): used with VERSION_1. */
+export const NET_HDR_SIZE = 12;
+export const VIRTIO_NET_F_MRG_RXBUF = 15;
+export const VIRTIO_F_VERSION_1 = 32;
+const RX = 0;
+const TX = 1;
+
+export type Deliver = (port: string, frame: Uint8Array) => boolean;
+
+function gather(chain: DescriptorChain): Uint8Array {
+  if (chain.readable.length === 1) return chain.readable[0] as Uint8Array;
+  const out = new Uint8Array(chain.readableBytes);
+  let at = 0;
+  for (const b of chain.readable) {
+    out.set(b, at);
+    at += b.length;
+  }
+  return out;
+}
+
+/** Copies `src` into the writable buffers of `chain` from byte `skip`; returns bytes written. */
+function scatter(chain: DescriptorChain, src: Uint8Array, skip: number): number {
+  let written = 0;
+  let pos = skip;
+  for (const b of chain.writable) {
+    if (pos >= b.length) {
+      pos -= b.length;
+      continue;
+    }
+    const n = Math.min(b.length - pos, src.length - written);
+    b.set(src.subarray(written, written + n), pos);
+    written += n;
+    pos = 0;
+    if (written === src.length) break;
+  }
+  return written;
+}
+
+export class NetPort implements VhostUserDevice {
+  readonly features = featureMask(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, 28 /* INDIRECT_DESC */, 29 /* EVENT_IDX */);
+  readonly queueCount = 2;
+  private rx: { q: SplitVirtqueue; notify: () => void } | null = null;
+  private tx: { q: SplitVirtqueue; notify: () => void } | null = null;
+
+  constructor(
+    readonly name: string,
+    private readonly sw: Switch,
+    /** Hands a frame to another port; false when it could not take it. */
+    private readonly deliver: Deliver,
+    private readonly log: (msg: string) => void = () => undefined,
+  ) {}
+
+  startQueue(index: number, q: SplitVirtqueue, notify: () => void): void {
+    if (index === RX) this.rx = { q, notify };
+    else if (index === TX) this.tx = { q, notify };
+  }
+
+  stopQueue(index: number): void {
+    if (index === RX) this.rx = null;
+    else if (index === TX) this.tx = null;
+  }
+
+  kick(index: number): void {
+    if (index === TX) this.transmit();
+    // An RX kick means new receive buffers: nothing is queued here, frames are dropped when none are free.
+  }
+
+  /** Frames the guest sent: route each through the switch. */
+  private transmit(): void {
+    const tx = this.tx;
+    if (!tx) return;
+    try {
+      for (let c = tx.q.pop(); c; c = tx.q.pop()) {
+        const bytes = gather(c);
+        if (bytes.length >= NET_HDR_SIZE && bytes.length - NET_HDR_SIZE <= ETH_MAX) {
+          const frame = bytes.subarray(NET_HDR_SIZE);
+          for (const dst of this.sw.route(this.name, frame)) {
+            this.sw.delivered(dst, frame.length, this.deliver(dst, frame), this.name);
+          }
+        } else {
+          this.sw.route(this.name, new Uint8Array(0)); // counted as a malformed-frame drop
+        }
+        tx.q.pushUsed(c.head, 0);
+      }
+    } catch (e) {
+      if (!(e instanceof QueueBroken)) throw e;
+      this.log(`port ${this.name}: transmit queue broken: ${e.message}`);
+      this.tx = null;
+    }
+    tx.notify();
+  }
+
+  /** Puts a frame into the guest's receive buffers; false if it has none free (a drop). */
+  receive(frame: Uint8Array): boolean {
+    const rx = this.rx;
+    if (!rx) return false;
+    try {
+      const hdr = new Uint8Array(NET_HDR_SIZE); // no offloads: flags, gso, csum all zero
+      const need = NET_HDR_SIZE + frame.length;
+      const chains: DescriptorChain[] = [];
+      let room = 0;
+      while (room < need) {
+        const c = rx.q.pop();
+        if (!c) {
+          rx.q.unpop(chains.length);
+          return false;
+        }
+        chains.push(c);
+        room += c.writableBytes;
+      }
+      new DataView(hdr.buffer).setUint16(10, chains.length, true); // num_buffers
+      let sent = 0;
+      chains.forEach((c, i) => {
+        let n = 0;
+        if (i === 0) n += scatter(c, hdr, 0);
+        const part = frame.subarray(sent, sent + (c.writableBytes - n));
+        n += scatter(c, part, n);
+        sent += part.length;
+        rx.q.pushUsed(c.head, n);
+      });
+      rx.notify();
+      return true;
+    } catch (e) {
+      if (!(e instanceof QueueBroken)) throw e;
+      this.log(`port ${this.name}: receive queue broken: ${e.message}`);
+      this.rx = null;
+      return false;
+    }
+  }
+}
