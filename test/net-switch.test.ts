@@ -24,6 +24,7 @@ describe('Switch', () => {
   it('denies by default: a broadcast from a port with no allowed peer goes nowhere', () => {
     const sw = new Switch(['a', 'b', 'c']);
     assert.deepEqual(sw.route('a', frame(BCAST, A)), []);
+    assert.equal(sw.counters('a')?.drops, 1, 'counted as a policy drop');
   });
 
   it('floods broadcasts to allowed peers only, both ways, and forwards learned unicast', () => {
@@ -33,7 +34,7 @@ describe('Switch', () => {
     assert.deepEqual(sw.route('c', frame(BCAST, C)), []);
     assert.deepEqual(sw.route('b', frame(A, B)), ['a'], 'learned A on port a');
     assert.deepEqual(sw.route('c', frame(A, C)), [], 'c may not reach a');
-    assert.equal(sw.counters('c')?.drops, 1);
+    assert.equal(sw.counters('c')?.drops, 2);
   });
 
   it('the uplink reaches every port and every port reaches the uplink, but not each other', () => {

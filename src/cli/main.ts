@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { sysCommand } from './sys.js';
 import { transportCommand } from './transport.js';
 import { ninepCommand } from './ninep.js';
+import { netCommand } from './net.js';
 import { exitCodeFor, report } from './errors.js';
 
 /** The package's version, from its package.json (found from src/cli or dist/src/cli). */
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
     .version(version())
     .showHelpAfterError('(run with --help for usage)')
     .addCommand(ninepCommand())
+    .addCommand(netCommand())
     .addCommand(sysCommand())
     .addCommand(transportCommand());
   return program;

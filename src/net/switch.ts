@@ -171,7 +171,9 @@ export class Switch {
         return [e.port];
       }
     }
-    // Broadcast, multicast or unknown unicast: flood to allowed peers only.
+    // Broadcast, multicast or unknown unicast: flood to allowed peers only. A frame
+    // that may go nowhere is a policy drop.
+    if (allowedPeers.size === 0) c.drops++;
     return [...allowedPeers];
   }
 
