@@ -24,9 +24,11 @@ describe('prism CLI', () => {
     assert.match(r.stdout, /Usage: prism/);
     assert.match(r.stdout, /sys\s+facts about this machine/);
     assert.match(r.stdout, /transport\s+prism addresses/);
+    assert.match(r.stdout, /9p\s+hardened 9P2000\.L/);
+    assert.match(r.stdout, /net\s+the inter-VM network switch/);
   });
 
-  for (const [area, verb] of [['sys', 'probe'], ['transport', 'check'], ['transport', 'relay']] as const) {
+  for (const [area, verb] of [['sys', 'probe'], ['transport', 'check'], ['transport', 'relay'], ['9p', 'serve'], ['9p', 'ls'], ['9p', 'put'], ['net', 'switch'], ['net', 'status']] as const) {
     it(`${area} ${verb} --help describes the verb`, () => {
       const r = prism(area, verb, '--help');
       assert.equal(r.status, 0, r.stderr);

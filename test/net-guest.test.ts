@@ -48,4 +48,16 @@ describe('net switch with QEMU guests (vhost-user-net)', () => {
     assert.equal(port('c')?.txPackets, 0);
     assert.ok((port('c')?.drops ?? 0) >= 1, 'c\'s frames were dropped by policy');
   });
+
+  it('a VM that goes away and comes back on the same port gets connectivity again while b keeps running', async () => {
+    const guest = (n: number, port: string, script: string) =>
+      runGuest({ script, vhostUser: [{ kind: 'net', socket: server.socketPath(port), mac: MAC(n) }], timeoutMs: 180_000 });
+    const b = guest(2, 'b', `${UP}\necho B-UP; sleep 40`);
+    const first = await guest(1, 'a', `${UP}\nsleep 3\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo FIRST-OK`);
+    const second = await guest(1, 'a', `${UP}\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo SECOND-OK`);
+    const bResult = await b;
+    assert.match(first.console, /FIRST-OK/, guestTail(first));
+    assert.match(second.console, /SECOND-OK/, guestTail(second));
+    assert.equal(bResult.exitCode, 0, guestTail(bResult));
+  });
 });
