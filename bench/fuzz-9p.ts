@@ -9,7 +9,6 @@
 // (~42 000 inputs/s on an idle core; 47 s wall while other jobs loaded the machine). Seeds 1-5,
 // 1e6 inputs each: no failures.
 import { readFileSync, readdirSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import {
   DecodeError,
   FrameReader,
@@ -22,31 +21,10 @@ import {
   encodeT,
   type Message,
 } from '../src/codecs/9p/index.js';
+import { fuzzArgs, xorshift32 } from './fuzz-common.js';
 
-const { values } = parseArgs({
-  options: {
-    runs: { type: 'string', default: '1000000' },
-    seed: { type: 'string', default: '1' },
-    'max-failures': { type: 'string', default: '10' },
-  },
-});
-const runs = Number(values.runs);
-const seed = Number(values.seed);
-const maxFailures = Number(values['max-failures']);
-if (!Number.isSafeInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got ${values.runs}`);
-
-// --- deterministic PRNG (xorshift32) -------------------------------------------------------------
-let state = (seed >>> 0) || 0x9e3779b9;
-function rnd(): number {
-  state ^= state << 13;
-  state >>>= 0;
-  state ^= state >>> 17;
-  state ^= state << 5;
-  state >>>= 0;
-  return state;
-}
-const below = (n: number): number => rnd() % n;
-const chance = (p: number): boolean => rnd() / 0x1_0000_0000 < p;
+const { runs, seed, maxFailures } = fuzzArgs();
+const { rnd, below, chance } = xorshift32(seed);
 
 // --- seeds: every golden frame -------------------------------------------------------------------
 const fixtureDir = new URL('../test/fixtures/9p/', import.meta.url);

@@ -12,7 +12,6 @@
 // 37-48 s (21 000-27 000 inputs/s; most of it is building the ~3.6 DecodeErrors per input, ~3 µs
 // each even without a stack). Seeds 1-3, 1e6 inputs each: no failures.
 import { readFileSync, readdirSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import {
   BackendRequest,
   DecodeError,
@@ -35,31 +34,10 @@ import {
   type BackendReply,
   type FrontendMessage,
 } from '../src/codecs/vhost-user/index.js';
+import { fuzzArgs, xorshift32 } from './fuzz-common.js';
 
-const { values } = parseArgs({
-  options: {
-    runs: { type: 'string', default: '1000000' },
-    seed: { type: 'string', default: '1' },
-    'max-failures': { type: 'string', default: '10' },
-  },
-});
-const runs = Number(values.runs);
-const seed = Number(values.seed);
-const maxFailures = Number(values['max-failures']);
-if (!Number.isSafeInteger(runs) || runs < 1) throw new Error(`--runs must be a positive integer, got ${values.runs}`);
-
-// --- deterministic PRNG (xorshift32) -------------------------------------------------------------
-let state = (seed >>> 0) || 0x9e3779b9;
-function rnd(): number {
-  state ^= state << 13;
-  state >>>= 0;
-  state ^= state >>> 17;
-  state ^= state << 5;
-  state >>>= 0;
-  return state;
-}
-const below = (n: number): number => rnd() % n;
-const chance = (p: number): boolean => rnd() / 0x1_0000_0000 < p;
+const { runs, seed, maxFailures } = fuzzArgs();
+const { rnd, below, chance } = xorshift32(seed);
 
 // --- seeds: every golden and malformed message ---------------------------------------------------
 interface Seed {
