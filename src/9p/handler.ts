@@ -95,6 +95,13 @@ function openFd<N extends FsNode>(f: Fid<N>): number {
   return f.fd;
 }
 
+/** The qid of a node the client only needs to hear about (it walks to it later). */
+function qidReleased<N extends FsNode>(ctx: HandlerContext<N>, node: N): Qid {
+  const qid = qidOf(node);
+  ctx.fs.release(node);
+  return qid;
+}
+
 /** Releases what a fid holds (its open fd, its lock owners' fds and its node). */
 export function releaseFid<N extends FsNode>(ctx: HandlerContext<N>, f: Fid<N>): void {
   if (f.fd !== null) {
@@ -417,16 +424,12 @@ export async function handle<N extends FsNode>(ctx: HandlerContext<N>, m: Tmessa
     }
     case 'Tsymlink': {
       const f = fidOf(ctx, m.fid);
-      const node = await ctx.fs.symlink(dirNode(f), m.name, m.symtgt, owner(ctx, f, m.gid));
-      const qid = qidOf(node);
-      ctx.fs.release(node);
+      const qid = qidReleased(ctx, await ctx.fs.symlink(dirNode(f), m.name, m.symtgt, owner(ctx, f, m.gid)));
       return { type: 'Rsymlink', tag, qid };
     }
     case 'Tmknod': {
       const f = fidOf(ctx, m.dfid);
-      const node = await ctx.fs.mknod(dirNode(f), m.name, m.mode, { major: m.major, minor: m.minor }, owner(ctx, f, m.gid));
-      const qid = qidOf(node);
-      ctx.fs.release(node);
+      const qid = qidReleased(ctx, await ctx.fs.mknod(dirNode(f), m.name, m.mode, { major: m.major, minor: m.minor }, owner(ctx, f, m.gid)));
       return { type: 'Rmknod', tag, qid };
     }
     case 'Trename': {
@@ -528,9 +531,7 @@ export async function handle<N extends FsNode>(ctx: HandlerContext<N>, m: Tmessa
     }
     case 'Tmkdir': {
       const f = fidOf(ctx, m.dfid);
-      const node = await ctx.fs.mkdir(dirNode(f), m.name, m.mode, owner(ctx, f, m.gid));
-      const qid = qidOf(node);
-      ctx.fs.release(node);
+      const qid = qidReleased(ctx, await ctx.fs.mkdir(dirNode(f), m.name, m.mode, owner(ctx, f, m.gid)));
       return { type: 'Rmkdir', tag, qid };
     }
     case 'Trenameat':
