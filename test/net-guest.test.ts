@@ -60,4 +60,23 @@ describe('net switch with QEMU guests (vhost-user-net)', () => {
     assert.match(second.console, /SECOND-OK/, guestTail(second));
     assert.equal(bResult.exitCode, 0, guestTail(bResult));
   });
+
+  it('moves a 1 MiB file from a to b over TCP across the switch, intact (sha256)', async () => {
+    const guest = (n: number, port: string, script: string) =>
+      runGuest({ script, vhostUser: [{ kind: 'net', socket: server.socketPath(port), mac: MAC(n) }], timeoutMs: 180_000 });
+    const [a, b] = await Promise.all([
+      guest(1, 'a', `${UP}
+dd if=/dev/urandom of=/tmp/f bs=64k count=16 2>/dev/null; echo SENT $(sha256sum /tmp/f | cut -d' ' -f1)
+ping -6 -c 1 -W 5 ${LL(2)}%eth0 >/dev/null; sleep 3
+timeout 30 socat -u FILE:/tmp/f "TCP6:[${LL(2)}%eth0]:5000"; echo SEND-DONE $?`),
+      guest(2, 'b', `${UP}
+timeout 40 socat -u TCP6-LISTEN:5000 CREATE:/tmp/f; echo RECEIVED $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)`),
+    ]);
+    const sent = /SENT ([0-9a-f]{64})/.exec(a.console)?.[1];
+    const got = /RECEIVED (\d+) ([0-9a-f]{64})/.exec(b.console);
+    assert.ok(sent, guestTail(a));
+    assert.ok(got, guestTail(b));
+    assert.equal(got[1], String(1 << 20), 'byte count');
+    assert.equal(got[2], sent, 'sha256 of what b received equals what a sent');
+  });
 });
