@@ -329,3 +329,28 @@ export function featureNames(mask: bigint, table: Readonly<Record<string, number
   const byBit = new Map<number, string>(Object.entries(table).map(([k, v]) => [v, k]));
   return featureBits(mask).map((b) => byBit.get(b) ?? `bit ${b}`);
 }
+
+/** Front-end requests that carry no payload (vhost-user.rst: "no payload" / "none"). */
+export const NO_PAYLOAD_REQUESTS = [
+  'GET_FEATURES',
+  'SET_OWNER',
+  'RESET_OWNER',
+  'SET_LOG_FD',
+  'GET_PROTOCOL_FEATURES',
+  'GET_QUEUE_NUM',
+  'SET_BACKEND_REQ_FD',
+  'POSTCOPY_ADVISE',
+  'POSTCOPY_LISTEN',
+  'POSTCOPY_END',
+  'GPU_SET_SOCKET',
+  'RESET_DEVICE',
+  'GET_MAX_MEM_SLOTS',
+  'GET_STATUS',
+  'CHECK_DEVICE_STATE',
+  'GET_SHMEM_CONFIG',
+] as const satisfies readonly FrontendRequestName[];
+export type NoPayloadRequestName = (typeof NO_PAYLOAD_REQUESTS)[number];
+const noPayload: ReadonlySet<string> = new Set(NO_PAYLOAD_REQUESTS);
+export function isNoPayloadRequest(name: FrontendRequestName): name is NoPayloadRequestName {
+  return noPayload.has(name);
+}

@@ -21,6 +21,7 @@ import {
   VRING_NOFD_MASK,
   type BackendRequestName,
   type FrontendRequestName,
+  isNoPayloadRequest,
 } from './constants.js';
 import { DecodeError, ProtocolError } from './errors.js';
 import type {
@@ -469,25 +470,11 @@ export function decodeFrontend(bytes: Buffer, fds = 0): FrontendMessage {
 
 function frontendPayload(c: Cursor, request: FrontendRequestName): FrontendMessage {
   const flags = { needReply: c.needReply };
+  if (isNoPayloadRequest(request)) {
+    readNone(c);
+    return { request, flags };
+  }
   switch (request) {
-    case 'GET_FEATURES':
-    case 'SET_OWNER':
-    case 'RESET_OWNER':
-    case 'SET_LOG_FD':
-    case 'GET_PROTOCOL_FEATURES':
-    case 'GET_QUEUE_NUM':
-    case 'SET_BACKEND_REQ_FD':
-    case 'POSTCOPY_ADVISE':
-    case 'POSTCOPY_LISTEN':
-    case 'POSTCOPY_END':
-    case 'GPU_SET_SOCKET':
-    case 'RESET_DEVICE':
-    case 'GET_MAX_MEM_SLOTS':
-    case 'GET_STATUS':
-    case 'CHECK_DEVICE_STATE':
-    case 'GET_SHMEM_CONFIG':
-      readNone(c);
-      return { request, flags };
     case 'SET_FEATURES':
     case 'SET_PROTOCOL_FEATURES':
       return { request, flags, features: readU64(c) };

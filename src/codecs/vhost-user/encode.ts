@@ -16,6 +16,7 @@ import {
   PayloadSize,
   VRING_INDEX_MASK,
   VRING_NOFD_MASK,
+  isNoPayloadRequest,
 } from './constants.js';
 import type {
   BackendMessage,
@@ -240,24 +241,8 @@ export function encodeFrontend(msg: FrontendMessage): Buffer {
   const what = `vhost-user ${name}`;
   const flags = requestFlags(msg.flags, what);
   const m = msg;
+  if (isNoPayloadRequest(m.request)) return new MessageWriter(what, n, flags, 0).done();
   switch (m.request) {
-    case 'GET_FEATURES':
-    case 'SET_OWNER':
-    case 'RESET_OWNER':
-    case 'SET_LOG_FD':
-    case 'GET_PROTOCOL_FEATURES':
-    case 'GET_QUEUE_NUM':
-    case 'SET_BACKEND_REQ_FD':
-    case 'POSTCOPY_ADVISE':
-    case 'POSTCOPY_LISTEN':
-    case 'POSTCOPY_END':
-    case 'GPU_SET_SOCKET':
-    case 'RESET_DEVICE':
-    case 'GET_MAX_MEM_SLOTS':
-    case 'GET_STATUS':
-    case 'CHECK_DEVICE_STATE':
-    case 'GET_SHMEM_CONFIG':
-      return new MessageWriter(what, n, flags, 0).done();
     case 'SET_FEATURES':
     case 'SET_PROTOCOL_FEATURES':
       return u64Message(what, n, flags, m.features, 'features');
