@@ -16,6 +16,9 @@ const UP = `ip link set lo up; ip link set eth0 up
 i=0; while ! ip -6 addr show dev eth0 | grep -q 'fe80.*scope link' || ip -6 addr show dev eth0 | grep -q tentative; do i=$((i+1)); [ $i -gt 100 ] && { echo NO-LINK-LOCAL; exit 9; }; sleep 0.1; done
 echo LINK-UP`;
 
+/** Waits (up to ~60 s) until guest n answers: guests boot at different speeds under TCG. */
+const WAIT_FOR = (n: number): string => `j=0; until ping -6 -c 1 -W 2 ${LL(n)}%eth0 >/dev/null 2>&1; do j=$((j+1)); [ $j -gt 30 ] && break; done`;
+
 describe('net switch with QEMU guests (vhost-user-net)', () => {
   let dir: string;
   let server: NetSwitchServer;
@@ -34,9 +37,9 @@ describe('net switch with QEMU guests (vhost-user-net)', () => {
     const guest = (n: number, port: string, script: string) =>
       runGuest({ script, vhostUser: [{ kind: 'net', socket: server.socketPath(port), mac: MAC(n) }], timeoutMs: 180_000 });
     const [a, b, c] = await Promise.all([
-      guest(1, 'a', `${UP}\nsleep 2\nping -6 -c 3 -W 5 ${LL(2)}%eth0 && echo PING-B-OK`),
-      guest(2, 'b', `${UP}\nping -6 -c 3 -W 5 ${LL(1)}%eth0 && echo PING-A-OK; sleep 6`),
-      guest(3, 'c', `${UP}\nping -6 -c 2 -W 3 ${LL(1)}%eth0 && echo C-REACHED-A; sleep 4\necho C-RX $(cat /sys/class/net/eth0/statistics/rx_packets)`),
+      guest(1, 'a', `${UP}\n${WAIT_FOR(2)}\nping -6 -c 3 -W 5 ${LL(2)}%eth0 && echo PING-B-OK; sleep 4`),
+      guest(2, 'b', `${UP}\n${WAIT_FOR(1)}\nping -6 -c 3 -W 5 ${LL(1)}%eth0 && echo PING-A-OK; sleep 4`),
+      guest(3, 'c', `${UP}\nping -6 -c 2 -W 3 ${LL(1)}%eth0 && echo C-REACHED-A; sleep 12\necho C-RX $(cat /sys/class/net/eth0/statistics/rx_packets)`),
     ]);
     assert.match(a.console, /PING-B-OK/, guestTail(a));
     assert.match(b.console, /PING-A-OK/, guestTail(b));
@@ -52,9 +55,9 @@ describe('net switch with QEMU guests (vhost-user-net)', () => {
   it('a VM that goes away and comes back on the same port gets connectivity again while b keeps running', async () => {
     const guest = (n: number, port: string, script: string) =>
       runGuest({ script, vhostUser: [{ kind: 'net', socket: server.socketPath(port), mac: MAC(n) }], timeoutMs: 180_000 });
-    const b = guest(2, 'b', `${UP}\necho B-UP; sleep 40`);
-    const first = await guest(1, 'a', `${UP}\nsleep 3\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo FIRST-OK`);
-    const second = await guest(1, 'a', `${UP}\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo SECOND-OK`);
+    const b = guest(2, 'b', `${UP}\necho B-UP; sleep 60`);
+    const first = await guest(1, 'a', `${UP}\n${WAIT_FOR(2)}\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo FIRST-OK`);
+    const second = await guest(1, 'a', `${UP}\n${WAIT_FOR(2)}\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo SECOND-OK`);
     const bResult = await b;
     assert.match(first.console, /FIRST-OK/, guestTail(first));
     assert.match(second.console, /SECOND-OK/, guestTail(second));
@@ -67,10 +70,10 @@ describe('net switch with QEMU guests (vhost-user-net)', () => {
     const [a, b] = await Promise.all([
       guest(1, 'a', `${UP}
 dd if=/dev/urandom of=/tmp/f bs=64k count=16 2>/dev/null; echo SENT $(sha256sum /tmp/f | cut -d' ' -f1)
-ping -6 -c 1 -W 5 ${LL(2)}%eth0 >/dev/null; sleep 3
-timeout 30 socat -u FILE:/tmp/f "TCP6:[${LL(2)}%eth0]:5000"; echo SEND-DONE $?`),
+${WAIT_FOR(2)}; sleep 1
+k=0; until timeout 30 socat -u FILE:/tmp/f "TCP6:[${LL(2)}%eth0]:5000"; do k=$((k+1)); [ $k -gt 10 ] && break; sleep 1; done; echo SEND-DONE`),
       guest(2, 'b', `${UP}
-timeout 40 socat -u TCP6-LISTEN:5000 CREATE:/tmp/f; echo RECEIVED $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)`),
+timeout 90 socat -u TCP6-LISTEN:5000 CREATE:/tmp/f; echo RECEIVED $(wc -c < /tmp/f) $(sha256sum /tmp/f | cut -d' ' -f1)`),
     ]);
     const sent = /SENT ([0-9a-f]{64})/.exec(a.console)?.[1];
     const got = /RECEIVED (\d+) ([0-9a-f]{64})/.exec(b.console);
