@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <sys/uio.h>
 #include <functional>
 #include <string>
 #include <vector>
@@ -65,6 +66,16 @@ inline uint64_t ArgUint64(const Napi::CallbackInfo& info, size_t i) {
 inline std::string ArgBytes(const Napi::CallbackInfo& info, size_t i) {
   Napi::Buffer<char> b = info[i].As<Napi::Buffer<char>>();
   return std::string(b.Data(), b.Length());
+}
+
+// A Buffer argument and the (offset, length) that follow it, as an iovec. TS
+// checks the range; this guard only keeps the pointer inside the buffer.
+inline iovec ArgIovec(const Napi::CallbackInfo& info, size_t i, const char* syscall) {
+  Napi::Buffer<uint8_t> buf = info[i].As<Napi::Buffer<uint8_t>>();
+  size_t offset = ArgUint(info, i + 1);
+  size_t length = ArgUint(info, i + 2);
+  if (offset > buf.Length() || length > buf.Length() - offset) ThrowErrno(info.Env(), ERANGE, syscall);
+  return iovec{buf.Data() + offset, length};
 }
 
 // One blocking syscall run on the libuv thread pool; resolves a promise with

@@ -154,13 +154,8 @@ Napi::Value StatxSync(const Napi::CallbackInfo& info) {
 Napi::Value PreadNowait(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgInt(info, 0);
-  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
-  size_t offset = ArgUint(info, 2);
-  size_t length = ArgUint(info, 3);
+  iovec iov = ArgIovec(info, 1, "preadv2");
   off_t position = ArgInt64(info, 4);
-  // TS checks the range; this guard only keeps the pointer inside the buffer.
-  if (offset > buf.Length() || length > buf.Length() - offset) ThrowErrno(env, ERANGE, "preadv2");
-  iovec iov{buf.Data() + offset, length};
   ssize_t n;
   do {
     n = preadv2(fd, &iov, 1, position, RWF_NOWAIT);

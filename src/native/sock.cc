@@ -149,14 +149,9 @@ Napi::Value GetsockoptInt(const Napi::CallbackInfo& info) {
 Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgInt(info, 0);
-  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
-  size_t offset = ArgUint(info, 2);
-  size_t length = ArgUint(info, 3);
+  iovec iov = ArgIovec(info, 1, "recvmsg");
   size_t maxFds = ArgUint(info, 4);
-  // TS checks the range; this guard only keeps the pointer inside the buffer.
-  if (offset > buf.Length() || length > buf.Length() - offset) ThrowErrno(env, ERANGE, "recvmsg");
   if (maxFds > kMaxFds) maxFds = kMaxFds;
-  iovec iov{buf.Data() + offset, length};
   std::vector<char> control(CMSG_SPACE(sizeof(int) * (maxFds ? maxFds : 1)));
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -197,14 +192,10 @@ Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
 Napi::Value Sendmsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgInt(info, 0);
-  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
-  size_t offset = ArgUint(info, 2);
-  size_t length = ArgUint(info, 3);
+  iovec iov = ArgIovec(info, 1, "sendmsg");
   Napi::Array fdArr = info[4].As<Napi::Array>();
-  if (offset > buf.Length() || length > buf.Length() - offset) ThrowErrno(env, ERANGE, "sendmsg");
   size_t nfds = fdArr.Length();
   if (nfds > kMaxFds) ThrowErrno(env, EINVAL, "sendmsg");
-  iovec iov{buf.Data() + offset, length};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
