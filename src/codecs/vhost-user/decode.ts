@@ -489,7 +489,14 @@ function frontendPayload(c: Cursor, request: FrontendRequestName): FrontendMessa
       const s = readState(c);
       return { request, flags, index: s.index, num: s.num };
     }
-    case 'GET_VRING_BASE':
+    case 'GET_VRING_BASE': {
+      // vhost-user.rst gives GET_VRING_BASE a vring state whose num the
+      // backend does not read. QEMU sends 0; DPDK 22.11's virtio_user sends
+      // whatever its stack held (seen: 48184). Refusing it would leave the
+      // frontend without the ring's last index at shutdown, so num is ignored.
+      const s = readState(c);
+      return { request, flags, index: s.index };
+    }
     case 'VRING_KICK': {
       const s = readState(c);
       if (s.num !== 0) fail(c, `num ${s.num}: reserved, must be 0`);
