@@ -24,8 +24,9 @@ die() { say "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (apt-get install, mknod): sudo bash lab/setup.sh"
 
-# Host tools. The guest also gets socat and usbip from here; diod is a reference 9p server.
-packages=(qemu-system-x86 busybox-static socat usbip diod cpio kmod)
+# Host tools. The guest also gets socat and usbip from here; diod is a reference 9p server;
+# dpdk-dev brings dpdk-testpmd, a guest-less vhost-user frontend and reference backend.
+packages=(qemu-system-x86 busybox-static socat usbip diod cpio kmod dpdk-dev)
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

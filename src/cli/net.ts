@@ -16,16 +16,26 @@ function pairArg(v: string, previous: [string, string][]): [string, string][] {
   return [...previous, [m[1], m[2]]];
 }
 
-interface SwitchCli { dir: string; port: string[]; allow: [string, string][]; uplink?: string }
+function connectArg(v: string, previous: [string, string][]): [string, string][] {
+  const m = /^([^=]+)=(.+)$/.exec(v);
+  if (!m?.[1] || !m[2]) throw new InvalidArgumentError('must be NAME=SOCKET (a port name and the socket its VMM listens on)');
+  return [...previous, [m[1], m[2]]];
+}
+
+interface SwitchCli { dir: string; port: string[]; connect: [string, string][]; allow: [string, string][]; uplink?: string }
 
 async function runSwitch(opts: SwitchCli): Promise<void> {
   const log = createLogger();
-  if (opts.port.length === 0) throw new UsageError('give at least one --port NAME');
+  const ports = [...opts.port, ...opts.connect.map(([name]) => name)];
+  if (ports.length === 0) throw new UsageError('give at least one --port NAME or --connect NAME=SOCKET');
+  const dup = ports.find((p, i) => ports.indexOf(p) !== i);
+  if (dup !== undefined) throw new UsageError(`port ${dup} is given twice`);
   let server: NetSwitchServer;
   try {
     server = new NetSwitchServer({
       dir: path.resolve(opts.dir),
-      ports: opts.port,
+      ports,
+      connect: Object.fromEntries(opts.connect.map(([name, sock]) => [name, path.resolve(sock)])),
       allow: opts.allow,
       ...(opts.uplink ? { uplink: opts.uplink } : {}),
       log: (level, msg, fields) => log[level](fields ?? {}, msg),
@@ -34,7 +44,8 @@ async function runSwitch(opts: SwitchCli): Promise<void> {
     throw new UsageError((e as Error).message);
   }
   server.start();
-  for (const p of opts.port) log.info({ port: p, socket: server.socketPath(p) }, 'port ready');
+  for (const p of opts.port) log.info({ port: p, socket: server.socketPath(p) }, 'port listening');
+  for (const [p] of opts.connect) log.info({ port: p, socket: server.socketPath(p) }, 'port connecting to its VMM (client mode)');
   log.info({ allow: opts.allow.map(([a, b]) => `${a}=${b}`), uplink: opts.uplink ?? null }, 'switch running (default deny)');
   await new Promise<void>((resolve) => {
     const stop = (signal: NodeJS.Signals): void => {
@@ -61,11 +72,17 @@ function showStatus(dir: string, json: boolean): void {
     process.stdout.write(`${JSON.stringify(data)}\n`);
     return;
   }
-  const rows = data.ports.map((p) => [p.name, p.connected ? 'up' : 'down', p.rxPackets, p.rxBytes, p.txPackets, p.txBytes, p.drops].map(String));
-  const head = ['port', 'vmm', 'rx pkts', 'rx bytes', 'tx pkts', 'tx bytes', 'drops'];
+  const rows = data.ports.map((p) =>
+    [p.name, p.connected ? 'up' : 'down', p.mode, p.sessions, p.rxPackets, p.rxBytes, p.txPackets, p.txBytes, p.drops].map(String),
+  );
+  const head = ['port', 'vmm', 'mode', 'sessions', 'rx pkts', 'rx bytes', 'tx pkts', 'tx bytes', 'drops'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (r: string[]): string => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
-  process.stdout.write(`switch pid ${data.pid}, ${data.time}${data.uplink ? `, uplink ${data.uplink}` : ''}\n${line(head)}\n${rows.map(line).join('\n')}\n`);
+  const features = data.ports
+    .filter((p) => p.connected)
+    .map((p) => `${p.name}: features ${p.features.join(' ') || '-'}; protocol ${p.protocolFeatures.join(' ') || '-'}\n`)
+    .join('');
+  process.stdout.write(`switch pid ${data.pid}, ${data.time}${data.uplink ? `, uplink ${data.uplink}` : ''}\n${line(head)}\n${rows.map(line).join('\n')}\n${features}`);
 }
 
 export function netCommand(): Command {
@@ -75,6 +92,7 @@ export function netCommand(): Command {
     .description('serve a switch with one vhost-user-net socket per port: DIR/NAME.sock')
     .requiredOption('--dir <dir>', 'directory for the port sockets and status.json')
     .option('--port <name>', 'a port (repeatable)', collect, [])
+    .option('--connect <name=socket>', 'a port in client mode: prism connects to SOCKET, where its VMM listens (QEMU server=on), and reconnects (repeatable)', connectArg, [])
     .option('--allow <a=b>', 'let ports a and b exchange frames (repeatable; both ways)', pairArg, [])
     .option('--uplink <name>', 'the port every other port may reach (the net VM)')
     .addHelpText(
@@ -82,7 +100,9 @@ export function netCommand(): Command {
       `
 Default deny: frames go between two ports only if --allow names them, or one is the uplink.
 No checksum/TSO offloads are offered to guests. QEMU: -chardev socket,id=c,path=DIR/NAME.sock
--netdev vhost-user,id=n,chardev=c -device virtio-net-pci,netdev=n (guest RAM must be shared memory).`,
+-netdev vhost-user,id=n,chardev=c -device virtio-net-pci,netdev=n (guest RAM must be shared memory).
+Client mode (--connect NAME=SOCKET): QEMU -chardev socket,id=c,path=SOCKET,server=on; prism connects,
+and reconnects whenever that QEMU restarts.`,
     )
     .action((opts: SwitchCli) => runSwitch(opts));
   cmd

@@ -6,7 +6,7 @@
 // buffers.
 import type { VhostUserDevice } from '../vhost/backend.js';
 import { QueueBroken, type DescriptorChain, type SplitVirtqueue } from '../vhost/virtqueue.js';
-import { featureMask } from '../codecs/vhost-user/index.js';
+import { VirtioNetFeature, featureMask } from '../codecs/vhost-user/index.js';
 import { ETH_MAX, type Switch } from './switch.js';
 
 /** virtio_net_hdr_v1 (12 bytes, with num_buffers): used with VERSION_1. */
@@ -50,6 +50,7 @@ function scatter(chain: DescriptorChain, src: Uint8Array, skip: number): number 
 export class NetPort implements VhostUserDevice {
   readonly features = featureMask(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, 28 /* INDIRECT_DESC */, 29 /* EVENT_IDX */);
   readonly queueCount = 2;
+  readonly featureTable = VirtioNetFeature;
   private rx: { q: SplitVirtqueue; notify: () => void } | null = null;
   private tx: { q: SplitVirtqueue; notify: () => void } | null = null;
 

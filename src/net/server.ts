@@ -1,27 +1,39 @@
-// The switch as a service: one vhost-user socket per port (DIR/NAME.sock,
-// where the VMM connects), one backend per connection, frames routed by the
-// Switch's policy. A VMM that reconnects (QEMU reconnect=1, a restarted VM)
-// replaces its port's previous connection. Counters are written to
-// DIR/status.json once a second for `prism net status`.
+// The switch as a service: one vhost-user endpoint per port, frames routed by
+// the Switch's policy. A port either listens on DIR/NAME.sock (the VMM
+// connects) or, in client mode, connects to a socket the VMM listens on (QEMU
+// `server=on`); either way a VMM that reconnects gets its port back and the
+// other ports carry on (src/vhost/endpoint.ts). Counters and the features
+// each port negotiated are written to DIR/status.json once a second for
+// `prism net status`.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as sys from '../sys/index.js';
-import { VhostUserBackend, type BackendLog } from '../vhost/backend.js';
+import type { BackendLog } from '../vhost/backend.js';
+import { VhostUserEndpoint } from '../vhost/endpoint.js';
 import { NetPort } from './port.js';
 import { Switch, type SwitchOptions } from './switch.js';
 
 export interface NetSwitchOptions extends SwitchOptions {
   dir: string;
   ports: string[];
+  /** Ports served in client mode: port name → the socket its VMM listens on. */
+  connect?: Record<string, string>;
   log?: BackendLog;
   /** How often status.json is rewritten (ms); 0 disables it. */
   statusIntervalMs?: number;
+  /** Client mode: delay between connection attempts (ms). */
+  retryMs?: number;
 }
 
 export interface PortStatus {
   name: string;
   socket: string;
+  mode: 'listen' | 'connect';
   connected: boolean;
+  /** VMM connections so far. */
+  sessions: number;
+  /** What the live connection negotiated (empty when not connected). */
+  features: string[];
+  protocolFeatures: string[];
   rxPackets: number;
   rxBytes: number;
   txPackets: number;
@@ -33,10 +45,7 @@ const PORT_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 
 export class NetSwitchServer {
   readonly sw: Switch;
-  private readonly ports = new Map<string, NetPort>();
-  private readonly listeners: sys.FdListener[] = [];
-  private readonly backends = new Map<string, VhostUserBackend>();
-  private readonly streams = new Map<string, sys.FdSocket>();
+  private readonly endpoints = new Map<string, VhostUserEndpoint>();
   private timer: NodeJS.Timeout | null = null;
   private readonly log: BackendLog;
 
@@ -44,28 +53,35 @@ export class NetSwitchServer {
     for (const p of opts.ports) {
       if (!PORT_NAME.test(p)) throw new Error(`port name ${JSON.stringify(p)} must be 1-64 letters, digits, '.', '_' or '-' (it names DIR/NAME.sock)`);
     }
+    for (const p of Object.keys(opts.connect ?? {})) {
+      if (!opts.ports.includes(p)) throw new Error(`client-mode port ${JSON.stringify(p)} is not one of the switch's ports`);
+    }
     this.sw = new Switch(opts.ports, opts);
     this.log = opts.log ?? (() => undefined);
-    const deliver = (port: string, frame: Uint8Array): boolean => this.ports.get(port)?.receive(frame) ?? false;
-    for (const p of opts.ports) this.ports.set(p, new NetPort(p, this.sw, deliver, (m) => this.log('warn', m)));
+    const ports = new Map<string, NetPort>();
+    const deliver = (port: string, frame: Uint8Array): boolean => ports.get(port)?.receive(frame) ?? false;
+    for (const name of opts.ports) {
+      const port = new NetPort(name, this.sw, deliver, (m) => this.log('warn', `port ${name}: ${m}`));
+      ports.set(name, port);
+      const target = opts.connect?.[name];
+      const log: BackendLog = (level, msg, fields) => this.log(level, `port ${name}: ${msg}`, fields);
+      const ep = new VhostUserEndpoint(
+        target === undefined ? { path: this.socketPath(name), mode: 'listen', log } : { path: target, mode: 'connect', log, retryMs: opts.retryMs },
+        port,
+      );
+      this.endpoints.set(name, ep);
+    }
   }
 
+  /** The vhost-user socket of a port: DIR/NAME.sock, or the VMM's socket in client mode. */
   socketPath(port: string): string {
-    return path.join(this.opts.dir, `${port}.sock`);
+    return this.opts.connect?.[port] ?? path.join(this.opts.dir, `${port}.sock`);
   }
 
-  /** Creates DIR/NAME.sock for every port and starts accepting VMMs. */
+  /** Creates DIR/NAME.sock for every listening port, starts connecting the client-mode ones. */
   start(): void {
     if (!fs.existsSync(this.opts.dir)) throw new Error(`the directory ${this.opts.dir} does not exist: create it first`);
-    for (const name of this.ports.keys()) {
-      const sock = this.socketPath(name);
-      // A socket file left by an earlier switch (no one can be listening: we own DIR) is replaced.
-      if (fs.existsSync(sock) && fs.lstatSync(sock).isSocket()) fs.rmSync(sock);
-      const l = sys.listenUnix(sock);
-      this.listeners.push(l);
-      l.on('connection', (s: sys.FdSocket) => this.attach(name, s));
-      l.on('error', (e: Error) => this.log('warn', `port ${name}: accept failed: ${e.message}`));
-    }
+    for (const ep of this.endpoints.values()) ep.start();
     const every = this.opts.statusIntervalMs ?? 1000;
     if (every > 0) {
       this.writeStatus();
@@ -74,32 +90,17 @@ export class NetSwitchServer {
     }
   }
 
-  private attach(name: string, s: sys.FdSocket): void {
-    const old = this.streams.get(name);
-    if (old) {
-      this.log('info', `port ${name}: a new VMM connection replaces the old one`);
-      old.destroy();
-    }
-    const port = this.ports.get(name) as NetPort;
-    const be = new VhostUserBackend(s, port, (level, msg, fields) => this.log(level, `port ${name}: ${msg}`, fields));
-    this.streams.set(name, s);
-    this.backends.set(name, be);
-    this.log('info', `port ${name}: VMM connected`);
-    void be.finished.then(() => {
-      if (this.backends.get(name) === be) {
-        this.backends.delete(name);
-        this.streams.delete(name);
-      }
-    });
-  }
-
   status(): PortStatus[] {
-    return [...this.ports.keys()].map((name) => {
+    return [...this.endpoints].map(([name, ep]) => {
       const c = this.sw.counters(name);
+      const neg = ep.backend?.negotiated() ?? { features: [], protocolFeatures: [] };
       return {
         name,
-        socket: this.socketPath(name),
-        connected: this.backends.has(name),
+        socket: ep.path,
+        mode: ep.mode,
+        connected: ep.backend !== null,
+        sessions: ep.sessions,
+        ...neg,
         rxPackets: c?.rxPackets ?? 0,
         rxBytes: c?.rxBytes ?? 0,
         txPackets: c?.txPackets ?? 0,
@@ -122,11 +123,7 @@ export class NetSwitchServer {
 
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
-    for (const l of this.listeners) l.close();
-    for (const name of this.ports.keys()) fs.rmSync(this.socketPath(name), { force: true });
-    const all = [...this.backends.values()];
-    for (const s of this.streams.values()) s.destroy();
-    await Promise.all(all.map((b) => b.finished));
+    await Promise.all([...this.endpoints.values()].map((ep) => ep.close()));
     this.writeStatus();
   }
 }

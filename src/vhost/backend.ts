@@ -18,7 +18,8 @@
 //   is refused and its fds closed.
 import type { Duplex } from 'node:stream';
 import {
-  DecodeError, MessageReader, ProtocolError, ProtocolFeature, REQUESTS_WITH_REPLY, VHOST_USER_F_PROTOCOL_FEATURES, decodeFrontend, encodeReply, featureMask,
+  DecodeError, MessageReader, ProtocolError, ProtocolFeature, REQUESTS_WITH_REPLY, VHOST_USER_F_PROTOCOL_FEATURES, VirtioFeature, decodeFrontend, encodeReply,
+  featureMask, featureNames,
   type BackendReply, type FrontendMessage, type VringAddress,
 } from '../codecs/vhost-user/index.js';
 import * as sys from '../sys/index.js';
@@ -33,6 +34,8 @@ export interface VhostUserDevice {
   readonly features: bigint;
   /** Protocol features beyond the ones the core supports itself (REPLY_ACK, CONFIG if readConfig). */
   readonly protocolFeatures?: bigint;
+  /** Names of the device-type feature bits (e.g. VirtioNetFeature), for logs and status. */
+  readonly featureTable?: Readonly<Record<string, number>>;
   readonly queueCount: number;
   /** Device config space bytes [offset, offset+size), or null if out of range. */
   readConfig?(offset: number, size: number): Buffer | null;
@@ -102,6 +105,14 @@ export class VhostUserBackend {
     return this.protocol;
   }
 
+  /** What the frontend acknowledged, by name: virtio features (generic and device) and protocol features. */
+  negotiated(): { features: string[]; protocolFeatures: string[] } {
+    return {
+      features: featureNames(this.features, { ...VirtioFeature, ...this.device.featureTable }),
+      protocolFeatures: featureNames(this.protocol, ProtocolFeature),
+    };
+  }
+
   private onData(chunk: Buffer): void {
     if (this.closed) return;
     const fds = this.pendingFds;
@@ -131,6 +142,7 @@ export class VhostUserBackend {
       if (e.needReply && e.request !== undefined) this.ack(e.request, false);
       return;
     }
+    this.log('debug', `request ${msg.request}`, { fds: fds.length });
     let ok = true;
     let reply: BackendReply | null = null;
     try {
@@ -175,11 +187,13 @@ export class VhostUserBackend {
       case 'SET_FEATURES':
         if ((m.features & ~this.offeredFeatures) !== 0n) throw new Refused(`features 0x${(m.features & ~this.offeredFeatures).toString(16)} were never offered`);
         this.features = m.features;
+        this.log('info', 'virtio features acknowledged', { features: this.negotiated().features });
         return null;
       case 'GET_PROTOCOL_FEATURES':
         return { request: 'GET_PROTOCOL_FEATURES', features: this.offeredProtocolFeatures };
       case 'SET_PROTOCOL_FEATURES':
         this.protocol = m.features & this.offeredProtocolFeatures;
+        this.log('info', 'protocol features acknowledged', { protocolFeatures: this.negotiated().protocolFeatures });
         return null;
       case 'SET_OWNER':
         return null;
