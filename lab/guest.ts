@@ -158,11 +158,11 @@ export interface SerialPort {
 }
 
 /**
- * A vhost-user device whose backend listens on `socket` (QEMU connects). These need the guest RAM
+ * A vhost-user device whose backend listens on `socket` (QEMU connects), or with `server`, connects to it. These need the guest RAM
  * in shared memory, which runGuest then sets up. vhost-user-vsock has no guest-CID property: the
  * guest's CID comes from the backend's config space (GET_CONFIG).
  */
-export type VhostUserDevice =
+export type VhostUserDevice = (
   | {
       kind: 'net';
       socket: string;
@@ -171,7 +171,11 @@ export type VhostUserDevice =
       vectors?: number;
     }
   | { kind: 'vsock'; socket: string; vectors?: number }
-  | { kind: 'fs'; socket: string; tag: string; queueSize?: number; vectors?: number };
+  | { kind: 'fs'; socket: string; tag: string; queueSize?: number; vectors?: number }
+) & {
+  /** QEMU listens on `socket` (server=on) and the backend connects: the backend's client mode. */
+  server?: boolean;
+};
 
 export interface GuestOptions {
   /** Shell text run as /test.sh (busybox sh) after GUEST_PRELUDE; its exit status is the result. */
@@ -267,7 +271,7 @@ export function qemuArgs(opts: GuestOptions, lab: LabPaths, initrd: string): str
   }
   vhost.forEach((d, i) => {
     const chr = `vu${i}`;
-    args.push('-chardev', chardevSocket(chr, d.socket, false));
+    args.push('-chardev', chardevSocket(chr, d.socket, d.server === true));
     const vectors = (v: number | undefined): string => (v === undefined ? '' : `,vectors=${v}`);
     switch (d.kind) {
       case 'net':

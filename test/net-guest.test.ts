@@ -25,7 +25,8 @@ describe('net switch with QEMU guests (vhost-user-net)', () => {
   before(() => {
     requireLab();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-net-'));
-    server = new NetSwitchServer({ dir, ports: ['a', 'b', 'c'], allow: [['a', 'b']], statusIntervalMs: 0 });
+    // d is in client mode: its QEMU listens (server=on) and the switch connects.
+    server = new NetSwitchServer({ dir, ports: ['a', 'b', 'c', 'd'], allow: [['a', 'b'], ['d', 'b']], connect: { d: path.join(dir, 'qemu-d.sock') }, statusIntervalMs: 0, retryMs: 200 });
     server.start();
   });
   after(async () => {
@@ -52,16 +53,23 @@ describe('net switch with QEMU guests (vhost-user-net)', () => {
     assert.ok((port('c')?.drops ?? 0) >= 1, 'c\'s frames were dropped by policy');
   });
 
-  it('a VM that goes away and comes back on the same port gets connectivity again while b keeps running', async () => {
+  it('VMs that go away and come back on the same port get connectivity again while b keeps running (listen and client mode)', async () => {
     const guest = (n: number, port: string, script: string) =>
-      runGuest({ script, vhostUser: [{ kind: 'net', socket: server.socketPath(port), mac: MAC(n) }], timeoutMs: 180_000 });
-    const b = guest(2, 'b', `${UP}\necho B-UP; sleep 60`);
-    const first = await guest(1, 'a', `${UP}\n${WAIT_FOR(2)}\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo FIRST-OK`);
-    const second = await guest(1, 'a', `${UP}\n${WAIT_FOR(2)}\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo SECOND-OK`);
+      runGuest({ script, vhostUser: [{ kind: 'net', socket: server.socketPath(port), mac: MAC(n), server: port === 'd' }], timeoutMs: 240_000 });
+    const b = guest(2, 'b', `${UP}\necho B-UP; sleep 100`);
+    const twice = async (n: number, port: string) => {
+      const first = await guest(n, port, `${UP}\n${WAIT_FOR(2)}\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo FIRST-OK`);
+      const second = await guest(n, port, `${UP}\n${WAIT_FOR(2)}\nping -6 -c 2 -W 5 ${LL(2)}%eth0 && echo SECOND-OK`);
+      return [first, second] as const;
+    };
+    const [[a1, a2], [d1, d2]] = await Promise.all([twice(1, 'a'), twice(4, 'd')]);
     const bResult = await b;
-    assert.match(first.console, /FIRST-OK/, guestTail(first));
-    assert.match(second.console, /SECOND-OK/, guestTail(second));
+    for (const r of [a1, d1]) assert.match(r.console, /FIRST-OK/, guestTail(r));
+    for (const r of [a2, d2]) assert.match(r.console, /SECOND-OK/, guestTail(r));
     assert.equal(bResult.exitCode, 0, guestTail(bResult));
+    const d = server.status().find((p) => p.name === 'd');
+    assert.equal(d?.mode, 'connect');
+    assert.equal(d?.sessions, 2, 'the switch connected to each of d\'s two QEMUs');
   });
 
   it('moves a 1 MiB file from a to b over TCP across the switch, intact (sha256)', async () => {
