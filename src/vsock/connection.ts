@@ -17,11 +17,12 @@
 //   credit runs out with host data waiting, we ask with CREDIT_REQUEST (once per stall); Linux also
 //   sends updates by itself as its reader drains.
 // - Shutdown (§5.10.6.5): SHUTDOWN flags accumulate. Guest SEND → the host stream is half-closed
-//   after the data already forwarded. Guest RCV → host data still queued is dropped and no more is
-//   read. Both → the connection is over: we answer RST (Linux waits for it, or times out after 8 s)
-//   and finish the host stream gracefully. Host EOF → SHUTDOWN(SEND) once every queued byte went to
-//   the guest. Any RST ends the connection at once; a host stream error or a protocol violation
-//   sends one.
+//   after the data already forwarded. Guest RCV → host data still queued is dropped, and what the
+//   host sends later is read and dropped. Both → the guest closed its socket: we answer RST (Linux
+//   waits for it, or gives up after 8 s) and finish the host stream gracefully. Host EOF →
+//   SHUTDOWN(SEND) once every queued byte went to the guest. Two half-closes do not end the
+//   connection: the guest's close() will. Any RST ends it at once; a host stream error or a
+//   protocol violation sends one.
 import { HEADER_SIZE, Op, ShutdownFlag, SocketType, opName, type VsockHeader } from '../codecs/vsock/index.js';
 
 export type ConnectionState =
@@ -255,11 +256,9 @@ export class VsockConnection {
       this.peerNoSend = true;
       actions.push({ kind: 'end' });
     }
-    // Both directions done (the guest closed, or each side half-closed): the guest waits for our RST.
+    // The guest closed (close() sends both flags) and waits for our RST. Two half-closes alone do
+    // not end the connection: the guest still owns a socket, and its close() will say so.
     if (this.peerNoRecv && this.peerNoSend) return [...actions, ...this.close('guest-shutdown', 'the guest closed the connection', true, true)];
-    if (this.peerNoSend && this.hostEnded && this.queued === 0 && this.shutdownSent) {
-      return [...actions, ...this.close('guest-shutdown', 'both sides finished sending', true, true)];
-    }
     return actions;
   }
 
@@ -376,11 +375,6 @@ export class VsockConnection {
     }
     if (this.hostEnded && this.queued === 0 && !this.shutdownSent) {
       this.shutdownSent = true;
-      // The guest already finished sending: with the host done too the connection is over.
-      if (this.peerNoSend) {
-        this.close('guest-shutdown', 'both sides finished sending', true, true);
-        return this.nextPacket(maxPayload);
-      }
       return this.packet(Op.SHUTDOWN, ShutdownFlag.SEND);
     }
     return this.creditUpdateOrNull();
