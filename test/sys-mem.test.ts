@@ -54,6 +54,28 @@ describe('memfd and mmap', () => {
   });
 });
 
+describe('memfd seals', () => {
+  it('reads and adds seals; a shrink-sealed memfd cannot be truncated; a plain file has none', () => {
+    const fd = sys.memfdCreate('prism-seals', { allowSealing: true });
+    try {
+      fs.ftruncateSync(fd, 8192);
+      assert.equal(sys.getSeals(fd), 0);
+      sys.addSeals(fd, sys.constants.F_SEAL_SHRINK | sys.constants.F_SEAL_GROW);
+      assert.equal(sys.getSeals(fd), sys.constants.F_SEAL_SHRINK | sys.constants.F_SEAL_GROW);
+      assert.throws(() => fs.ftruncateSync(fd, 4096), /EPERM/);
+    } finally {
+      sys.closeFd(fd);
+    }
+    const unsealable = sys.memfdCreate('prism-no-seals');
+    assert.equal(sys.getSeals(unsealable), sys.constants.F_SEAL_SEAL, 'a memfd without MFD_ALLOW_SEALING is born with F_SEAL_SEAL');
+    sys.closeFd(unsealable);
+    const file = fs.openSync('/proc/self/stat', 'r');
+    assert.equal(sys.getSeals(file), null);
+    fs.closeSync(file);
+    assert.throws(() => sys.getSeals(file), /EBADF/);
+  });
+});
+
 describe('eventfd', () => {
   it('write then read returns the sum and resets the counter', () => {
     const e = new sys.EventFd();

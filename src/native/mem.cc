@@ -1,5 +1,6 @@
 // Shared memory and event fds: memfd_create, mmap into an ArrayBuffer,
 // eventfd. Guest memory (vhost-user) and notification fds are built on these.
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -17,6 +18,21 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   int fd = memfd_create(name.c_str(), ArgUint(info, 1) | MFD_CLOEXEC);
   if (fd < 0) ThrowErrno(info.Env(), errno, "memfd_create");
   return Napi::Number::New(info.Env(), fd);
+}
+
+// fcntl(F_GET_SEALS): the seals of a memfd (EINVAL for files that cannot be
+// sealed). Guest memory that is not sealed against shrinking could be
+// truncated under our mapping by the frontend, which would turn our next
+// access into SIGBUS; the caller decides what to do about it.
+Napi::Value GetSeals(const Napi::CallbackInfo& info) {
+  int seals = fcntl(ArgInt(info, 0), F_GET_SEALS);
+  if (seals < 0) ThrowErrno(info.Env(), errno, "fcntl");
+  return Napi::Number::New(info.Env(), seals);
+}
+
+Napi::Value AddSeals(const Napi::CallbackInfo& info) {
+  if (fcntl(ArgInt(info, 0), F_ADD_SEALS, ArgInt(info, 1)) < 0) ThrowErrno(info.Env(), errno, "fcntl");
+  return info.Env().Undefined();
 }
 
 // One mapping handed to JS as an external ArrayBuffer. It is unmapped either
@@ -123,6 +139,8 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
 
 void InitMem(Napi::Env env, Napi::Object exports) {
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
+  exports.Set("getSeals", Napi::Function::New(env, GetSeals));
+  exports.Set("addSeals", Napi::Function::New(env, AddSeals));
   exports.Set("mmap", Napi::Function::New(env, Mmap));
   exports.Set("munmap", Napi::Function::New(env, Munmap));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd));

@@ -128,6 +128,10 @@ export const CONSTANT_NAMES = [
   'VMADDR_PORT_ANY',
   'MFD_CLOEXEC',
   'MFD_ALLOW_SEALING',
+  'F_SEAL_SEAL',
+  'F_SEAL_SHRINK',
+  'F_SEAL_GROW',
+  'F_SEAL_WRITE',
   'PROT_NONE',
   'PROT_READ',
   'PROT_WRITE',
@@ -186,6 +190,8 @@ export interface NativeBinding {
   Poller: new (fd: number, cb: (status: number, events: number) => void) => NativePoller;
   // mem.cc
   memfdCreate(name: Buffer, flags: number): number;
+  getSeals(fd: number): number;
+  addSeals(fd: number, seals: number): void;
   mmap(fd: number, length: number, prot: number, flags: number, offset: number): ArrayBuffer;
   munmap(ab: ArrayBuffer): void;
   eventfd(initval: number, flags: number): number;

@@ -1,7 +1,7 @@
 // Shared memory and event notification: memfd_create, mmap into an
 // ArrayBuffer, eventfd with a readiness callback.
 import { C, native, type NativePoller } from './binding.js';
-import { sync } from './errors.js';
+import { SysError, sync } from './errors.js';
 import * as v from './validate.js';
 
 /** memfd_create(2); the fd is close-on-exec. */
@@ -9,6 +9,24 @@ export function memfdCreate(name: string, opts: { allowSealing?: boolean } = {})
   const n = v.pathBytes(name, 'name');
   if (n.length > 249) throw new RangeError(`memfd name must be at most 249 bytes, got ${n.length}`);
   return sync(() => native.memfdCreate(n, opts.allowSealing ? C.MFD_ALLOW_SEALING : 0), name);
+}
+
+/** Seals (F_SEAL_*) of a memfd; null for a file that cannot carry seals (EINVAL). */
+export function getSeals(fd: number): number | null {
+  const f = v.fd(fd);
+  try {
+    return sync(() => native.getSeals(f));
+  } catch (e) {
+    if (e instanceof SysError && e.code === 'EINVAL') return null;
+    throw e;
+  }
+}
+
+/** Adds seals (F_SEAL_* bits) to a memfd created with allowSealing. */
+export function addSeals(fd: number, seals: number): void {
+  const f = v.fd(fd);
+  const s = v.int(seals, 'seals', 0, 0xffff);
+  sync(() => native.addSeals(f, s));
 }
 
 export interface MmapOptions {

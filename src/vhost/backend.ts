@@ -69,6 +69,7 @@ export class VhostUserBackend {
   private mem: GuestMemory | null = null;
   private readonly vrings: Vring[];
   private closed = false;
+  private warnedUnsealed = false;
   readonly finished: Promise<void>;
   private finish!: () => void;
 
@@ -208,12 +209,14 @@ export class VhostUserBackend {
       case 'SET_MEM_TABLE': {
         const mem = GuestMemory.map(m.regions.map((r, i) => ({ ...r, fd: fds[i] as number })));
         this.replaceMemory(mem);
+        this.warnUnsealed();
         return null;
       }
       case 'ADD_MEM_REG': {
         const fd = fds[0] as number;
         if (!this.mem) this.mem = GuestMemory.map([{ ...m.region, fd }]);
         else this.mem.add({ ...m.region, fd });
+        this.warnUnsealed();
         this.restartRunning();
         return null;
       }
@@ -288,6 +291,14 @@ export class VhostUserBackend {
       default:
         closeAll(fds);
         throw new Refused(`${m.request} is not supported by this device`);
+    }
+  }
+
+  private warnUnsealed(): void {
+    const n = this.mem?.unsealedRegionCount ?? 0;
+    if (n > 0 && !this.warnedUnsealed) {
+      this.warnedUnsealed = true;
+      this.log('warn', `${n} guest memory region(s) are not sealed against shrinking: a frontend that truncates them would crash this process (QEMU: memory-backend-memfd seal=on, its default)`);
     }
   }
 

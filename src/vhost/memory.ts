@@ -3,6 +3,7 @@
 // guest-physical address (descriptors) or by the frontend's own virtual
 // address (SET_VRING_ADDR). Every access is bounds-checked; an address the
 // guest made up yields null, never a read or write outside a mapping.
+import * as fs from 'node:fs';
 import * as sys from '../sys/index.js';
 
 /** Largest address we accept: addresses are kept as JS numbers, exact below 2^53. */
@@ -33,6 +34,8 @@ interface Region {
   view: DataView;
   mapping: ArrayBuffer;
   fd: number;
+  /** Its memfd is sealed against shrinking. */
+  sealed: boolean;
 }
 
 const PAGE = 4096;
@@ -78,11 +81,22 @@ export class GuestMemory {
         if (gpa < r.gpa + r.size && r.gpa < gpa + size) throw new MemoryError(`region at gpa 0x${gpa.toString(16)} overlaps another`);
         if (uva < r.uva + r.size && r.uva < uva + size) throw new MemoryError(`region at frontend address 0x${uva.toString(16)} overlaps another`);
       }
+      // The file must hold the whole region: touching a mapped page past its end is SIGBUS, which
+      // would kill the process, not just this connection. (fstat of a socket, pipe or device gives
+      // no size to trust, so those are refused too.)
+      const st = fs.fstatSync(s.fd);
+      if (!st.isFile()) throw new MemoryError('the region\'s fd is not a regular file or memfd');
+      if (offset + size > st.size) throw new MemoryError(`the region needs ${offset + size} bytes of its file, which has ${st.size}`);
+      // A memfd sealed against shrinking cannot be truncated under us later (QEMU seals its
+      // memory-backend-memfd by default). Unsealed memory is accepted, and counted, since DPDK and
+      // file-backed guest RAM are not sealed; the backend warns about it.
+      const seals = sys.getSeals(s.fd);
+      const sealed = seals !== null && (seals & sys.constants.F_SEAL_SHRINK) !== 0;
       // mmap offsets must be page aligned: map from the page below and view from there.
       const base = offset - (offset % PAGE);
       const mapping = sys.mmap(s.fd, offset - base + size, { offset: base });
       const bytes = new Uint8Array(mapping, offset - base, size);
-      this.regions.push({ gpa, uva, size, bytes, view: new DataView(mapping, offset - base, size), mapping, fd: s.fd });
+      this.regions.push({ gpa, uva, size, bytes, view: new DataView(mapping, offset - base, size), mapping, fd: s.fd, sealed });
       this.regions.sort((a, b) => a.gpa - b.gpa);
       ok = true;
     } finally {
@@ -102,6 +116,11 @@ export class GuestMemory {
 
   get regionCount(): number {
     return this.regions.length;
+  }
+
+  /** Regions whose file could still be truncated under the mapping (no F_SEAL_SHRINK). */
+  get unsealedRegionCount(): number {
+    return this.regions.filter((r) => !r.sealed).length;
   }
 
   private findGpa(gpa: number, len: number): Region | null {
