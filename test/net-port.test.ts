@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Switch } from '../src/net/switch.js';
 import { NET_HDR_SIZE, NetPort } from '../src/net/port.js';
-import { bringUp, offer, shutDown, usedIdx, type Guest } from './helpers/vhost-frontend.js';
+import { bringUp, offer, ringAt, shutDown, usedIdx, type Guest } from './helpers/vhost-frontend.js';
 
 function ethFrame(dst: number[], src: number[], payload: string): Buffer {
   return Buffer.concat([Buffer.from(dst), Buffer.from(src), Buffer.from([0x86, 0xdd]), Buffer.from(payload)]);
@@ -68,4 +68,39 @@ describe('NetPort on the switch', () => {
     assert.ok(got.equals(big));
     shutDown(gb);
   });
+
+  it('a guest whose transmit chain loops breaks only its own queue (logged); the other ports keep forwarding', async () => {
+    const sw = new Switch(['a', 'b', 'c'], { allow: [['a', 'b'], ['b', 'c']] });
+    const ports = new Map<string, NetPort>();
+    const logged: string[] = [];
+    const deliver = (p: string, fr: Uint8Array): boolean => ports.get(p)?.receive(fr) ?? false;
+    for (const n of ['a', 'b', 'c']) ports.set(n, new NetPort(n, sw, deliver, (m) => logged.push(m)));
+    const [ga, gb, gc] = await Promise.all(['a', 'b', 'c'].map((n) => bringUp(ports.get(n) as NetPort)));
+    if (!ga || !gb || !gc) throw new Error('bring-up failed');
+    // a: descriptor 0 of its TX ring chains to itself.
+    offer(ga, 1, 0, [[0x50000, 64, false]]);
+    ga.ram.setUint16(ringAt(1).desc + 12, 1, true); // NEXT
+    ga.ram.setUint16(ringAt(1).desc + 14, 0, true); // next = 0: a loop
+    offer(gb, 0, 0, [[0x40000, 2048, true]]);
+    ga.kicks[1]?.write(1n);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.match(logged.join('\n'), /port a: transmit queue broken: .*(loop|longer)/);
+    assert.equal(usedIdx(gb, 0), 0, 'nothing reached b from the broken queue');
+    // b still sends to c.
+    offer(gc, 0, 0, [[0x40000, 2048, true]]);
+    const frame = ethFrame(BCAST, [0x52, 0x54, 0, 0x12, 0x34, 2], 'b is fine');
+    gb.bytes.set(Buffer.alloc(NET_HDR_SIZE), 0x50000);
+    gb.bytes.set(frame, 0x50000 + NET_HDR_SIZE);
+    offer(gb, 1, 0, [[0x50000, NET_HDR_SIZE + frame.length, false]]);
+    const cCalled = new Promise<void>((resolve) => gc.calls[0]?.onReadable(() => resolve()));
+    gb.kicks[1]?.write(1n);
+    await cCalled;
+    assert.equal(usedIdx(gc, 0), 1, 'c received b\'s frame');
+    // a kicking again changes nothing: its queue stays broken.
+    ga.kicks[1]?.write(1n);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(usedIdx(ga, 1), 0);
+    for (const x of [ga, gb, gc]) shutDown(x);
+  });
 });
+
