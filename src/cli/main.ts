@@ -9,6 +9,7 @@ import { sysCommand } from './sys.js';
 import { transportCommand } from './transport.js';
 import { ninepCommand } from './ninep.js';
 import { netCommand } from './net.js';
+import { vsockCommand } from './vsock.js';
 import { exitCodeFor, report } from './errors.js';
 
 /** The package's version, from its package.json (found from src/cli or dist/src/cli). */
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
     .addCommand(ninepCommand())
     .addCommand(netCommand())
     .addCommand(sysCommand())
+    .addCommand(vsockCommand())
     .addCommand(transportCommand());
   return program;
 }
