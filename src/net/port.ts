@@ -53,6 +53,10 @@ export class NetPort implements VhostUserDevice {
   readonly featureTable = VirtioNetFeature;
   private rx: { q: SplitVirtqueue; notify: () => void } | null = null;
   private tx: { q: SplitVirtqueue; notify: () => void } | null = null;
+  private rxNotifyQueued = false;
+  /** The virtio-net header of every received frame: no offloads (flags, gso, csum all zero), only num_buffers. */
+  private readonly hdr = new Uint8Array(NET_HDR_SIZE);
+  private readonly hdrView = new DataView(this.hdr.buffer);
 
   constructor(
     readonly name: string,
@@ -102,12 +106,25 @@ export class NetPort implements VhostUserDevice {
     tx.notify();
   }
 
+  /**
+   * One interrupt for a burst: frames delivered while another port works through its transmit
+   * queue are announced once, after that synchronous loop (a microtask), not once per frame.
+   */
+  private notifyRxSoon(rx: { notify: () => void }): void {
+    if (this.rxNotifyQueued) return;
+    this.rxNotifyQueued = true;
+    queueMicrotask(() => {
+      this.rxNotifyQueued = false;
+      if (this.rx === rx) rx.notify();
+    });
+  }
+
   /** Puts a frame into the guest's receive buffers; false if it has none free (a drop). */
   receive(frame: Uint8Array): boolean {
     const rx = this.rx;
     if (!rx) return false;
     try {
-      const hdr = new Uint8Array(NET_HDR_SIZE); // no offloads: flags, gso, csum all zero
+      const hdr = this.hdr;
       const need = NET_HDR_SIZE + frame.length;
       const chains: DescriptorChain[] = [];
       let room = 0;
@@ -120,7 +137,7 @@ export class NetPort implements VhostUserDevice {
         chains.push(c);
         room += c.writableBytes;
       }
-      new DataView(hdr.buffer).setUint16(10, chains.length, true); // num_buffers
+      this.hdrView.setUint16(10, chains.length, true); // num_buffers
       let sent = 0;
       chains.forEach((c, i) => {
         let n = 0;
@@ -130,7 +147,7 @@ export class NetPort implements VhostUserDevice {
         sent += part.length;
         rx.q.pushUsed(c.head, n);
       });
-      rx.notify();
+      this.notifyRxSoon(rx);
       return true;
     } catch (e) {
       if (!(e instanceof QueueBroken)) throw e;
