@@ -77,6 +77,11 @@ export interface VsockDeviceOptions {
   /** RSTs for connection-less packets held while the guest has no receive buffers. Default 256. */
   maxControlBacklog?: number;
   log?: VsockLog;
+  /**
+   * Sees every packet as raw bytes (header and payload): 'from-guest' as the guest sent it (before
+   * any check), 'to-guest' as written into a receive buffer. For debugging and captures.
+   */
+  tap?: (direction: 'from-guest' | 'to-guest', bytes: Buffer) => void;
 }
 
 /** Why a guest packet was dropped or refused; each has a counter. */
@@ -217,6 +222,7 @@ export class VsockDevice implements VhostUserDevice {
   private retry: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly scratch = Buffer.alloc(HEADER_SIZE);
+  private readonly tap: VsockDeviceOptions['tap'];
 
   readonly counters: VsockDeviceCounters = {
     packetsFromGuest: 0, packetsToGuest: 0, bytesFromGuest: 0, bytesToGuest: 0,
@@ -239,6 +245,7 @@ export class VsockDevice implements VhostUserDevice {
     this.hostConnectTimeoutMs = opts.hostConnectTimeoutMs ?? 5000;
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 10_000;
     this.maxControlBacklog = opts.maxControlBacklog ?? 256;
+    this.tap = opts.tap;
   }
 
   // --- VhostUserDevice ------------------------------------------------------------------------------
@@ -399,6 +406,7 @@ export class VsockDevice implements VhostUserDevice {
   }
 
   private onGuestPacket(parts: Uint8Array[]): void {
+    this.tap?.('from-guest', Buffer.concat(parts));
     let h: VsockHeader;
     let payload: Buffer;
     try {
@@ -776,6 +784,7 @@ export class VsockDevice implements VhostUserDevice {
         scatter(chain, this.scratch, 0);
         scatter(chain, payload, HEADER_SIZE);
         rx.q.pushUsed(chain.head, HEADER_SIZE + payload.length);
+        this.tap?.('to-guest', Buffer.concat([this.scratch, payload]));
         pushed++;
         this.counters.packetsToGuest++;
         this.counters.bytesToGuest += payload.length;
