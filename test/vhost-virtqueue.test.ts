@@ -1,11 +1,14 @@
 // Guest memory and split virtqueues against a hostile driver: every bad index,
 // length and address is refused without touching memory outside the mapping.
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import fc from 'fast-check';
 import * as sys from '../src/sys/index.js';
 import { GuestMemory, MemoryError } from '../src/vhost/memory.js';
-import { QueueBroken, SplitVirtqueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/vhost/virtqueue.js';
+import { MAX_CHAIN_BYTES, MAX_INDIRECT, QueueBroken, SplitVirtqueue, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/vhost/virtqueue.js';
+import { xorshift32 } from '../bench/fuzz-common.js';
+import { BIG, Driver, REGIONS, exercise, fuzzOne, makeGuest, newStats, split, type Desc, type Guest, type QueueConfig, type Region } from '../bench/fuzz-virtqueue.js';
 
 const MiB = 1 << 20;
 
@@ -132,6 +135,7 @@ describe('SplitVirtqueue', () => {
     ['a length that overflows', (d) => { setDesc(d, Q.desc, 0, 0x10000, 0xffff_ffff, 0); makeAvail(d, 8, [0]); }, /outside guest memory/],
     ['nested indirect tables', (d) => { setDesc(d, 0x5000, 0, 0x6000, 16, VIRTQ_DESC_F_INDIRECT); setDesc(d, Q.desc, 0, 0x5000, 16, VIRTQ_DESC_F_INDIRECT); makeAvail(d, 8, [0]); }, /nested indirect/],
     ['an indirect table of odd length', (d) => { setDesc(d, Q.desc, 0, 0x5000, 20, VIRTQ_DESC_F_INDIRECT); makeAvail(d, 8, [0]); }, /multiple of 16/],
+    ['an indirect table longer than MAX_INDIRECT', (d) => { setDesc(d, Q.desc, 0, 0x5000, 16 * (MAX_INDIRECT + 1), VIRTQ_DESC_F_INDIRECT); makeAvail(d, 8, [0]); }, /the limit is 1024/],
     ['a readable buffer after a writable one', (d) => { setDesc(d, Q.desc, 0, 0x10000, 1, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1); setDesc(d, Q.desc, 1, 0x10000, 1, 0); makeAvail(d, 8, [0]); }, /readable buffer after/],
     ['more available entries than the queue holds', (d) => d.setUint16(Q.avail + 2, 9, true), /claims 9 available/],
   ];
@@ -183,4 +187,127 @@ describe('SplitVirtqueue', () => {
     mem.unmap();
     sys.closeFd(ram.fd);
   });
+});
+
+// The oracle of bench/fuzz-virtqueue.ts (a reference walker from virtio 1.2 §2.7.5-2.7.7, buffer
+// views checked against the region mappings, rings checked in memory), run here briefly: over
+// descriptor tables fast-check builds and shrinks, and over the bench's own generator.
+describe('SplitVirtqueue against a hostile driver (properties)', () => {
+  let g: Guest;
+  let drv: Driver;
+  before(() => {
+    g = makeGuest();
+    drv = new Driver(g);
+  });
+  after(() => g.close());
+
+  // Rings and up to three indirect tables at fixed places in region 0; descriptors, heads and avail idx from fast-check.
+  const RING = { desc: 0x1000, avail: 0x2000, used: 0x3000 };
+  const tableAt = (k: number): number => 0x8000 + 0x4000 * k;
+  const region = fc.nat(REGIONS.length - 1).map((r) => REGIONS[r] as Region);
+  const address = fc.oneof(
+    fc.tuple(region, fc.boolean(), fc.integer({ min: -16, max: 16 })).map(([r, end, d]) => split(r.gpa + (end ? r.size : 0) + d)),
+    fc.tuple(region, fc.nat(0xffff)).map(([r, off]) => split(r.gpa + (off % r.size))),
+    fc.record({ lo: fc.nat(0xffff_ffff), hi: fc.constantFrom(0, 1, 0x1f_ffff, 0x20_0000, 0xffff_ffff) }),
+  );
+  const length = fc.oneof(fc.nat(64), fc.constantFrom(0, 0x1000, 0xffff, BIG, BIG + 1, 0x7fff_ffff, 0xffff_ffff), fc.nat(0xffff_ffff));
+  const flags = fc.oneof(
+    { weight: 4, arbitrary: fc.constantFrom(0, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE) },
+    { weight: 1, arbitrary: fc.nat(0xffff) },
+  );
+  const honest = fc.tuple(region, fc.nat(0xffff), fc.nat(64)).map(([r, off, len]) => {
+    const o = off % r.size;
+    return { ...split(r.gpa + o), len: Math.min(len, r.size - o) };
+  });
+  const hostile = fc.tuple(address, length).map(([at, len]) => ({ ...at, len }));
+  /** A descriptor; `table` makes it refer to indirect table k. */
+  const descriptor = fc.record({
+    buffer: fc.oneof({ weight: 4, arbitrary: honest }, { weight: 1, arbitrary: hostile }),
+    flags,
+    next: fc.oneof({ weight: 6, arbitrary: fc.nat(31) }, { weight: 1, arbitrary: fc.constantFrom(32, 33, 0xffff) }),
+    table: fc.option(fc.nat(2), { freq: 4 }),
+    /** Instead of the table's own length: odd, short, at and past MAX_INDIRECT entries, huge. */
+    tableLen: fc.option(fc.constantFrom(0, 8, 20, 24, 16 * MAX_INDIRECT, 16 * (MAX_INDIRECT + 1), 0xffff_fff0), { freq: 5 }),
+  });
+  type Arb<A> = A extends fc.Arbitrary<infer T> ? T : never;
+  const put = (table: number, i: number, d: Arb<typeof descriptor>, tables: Arb<typeof descriptor>[][]): void => {
+    const t = d.table === null ? undefined : tables[d.table];
+    const raw: Desc = t
+      ? { ...split(tableAt(d.table as number)), len: d.tableLen ?? 16 * t.length, flags: d.flags | VIRTQ_DESC_F_INDIRECT, next: d.next }
+      : { ...d.buffer, flags: d.flags, next: d.next };
+    drv.desc(table, i, raw);
+  };
+  const input = fc.record({
+    sizeLog: fc.nat(5),
+    eventIdx: fc.boolean(),
+    base: fc.oneof(fc.constant(0), fc.constant(0xfffe), fc.nat(0xffff)),
+    descs: fc.array(descriptor, { maxLength: 32 }),
+    tables: fc.array(fc.array(descriptor, { minLength: 1, maxLength: 8 }), { minLength: 1, maxLength: 3 }),
+    /** Avail ring entries: an index into the table (taken modulo its size), or any u16. */
+    heads: fc.array(fc.oneof({ weight: 6, arbitrary: fc.nat(31).map((v) => -1 - v) }, { weight: 1, arbitrary: fc.nat(0xffff) }), { maxLength: 34 }),
+    jump: fc.oneof({ weight: 5, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.nat(0xffff) }),
+    /** The used ring against the end of region 2: shift 0 fits exactly; 2 drops avail_event, 4 runs over. */
+    usedAtEnd: fc.option(fc.constantFrom(0, 2, 4), { freq: 4 }),
+    session: fc.nat(0xffff_ffff),
+  });
+
+  it('pops exactly the chains a virtio 1.2 reference walker accepts, as views inside one region, and breaks the queue on all others', () => {
+    const stats = newStats();
+    fc.assert(
+      fc.property(input, ({ sizeLog, eventIdx, base, descs, tables, heads, jump, usedAtEnd, session }) => {
+        drv.reset();
+        const size = 1 << sizeLog;
+        const c: QueueConfig = { size, ...RING, eventIdx, base };
+        const r2 = REGIONS[2] as Region;
+        if (usedAtEnd !== null) c.used = Math.floor((r2.gpa + r2.size - (4 + 8 * size + (eventIdx ? 2 : 0)) + usedAtEnd) / 4) * 4;
+        descs.slice(0, size).forEach((d, i) => put(c.desc, i, d, tables));
+        tables.forEach((t, k) => t.forEach((d, i) => put(tableAt(k), i, d, tables)));
+        heads.slice(0, size).forEach((h, j) => drv.u16(c.avail + 4 + 2 * ((base + j) % size), h < 0 ? (-1 - h) % size : h));
+        drv.u16(c.avail + 2, base + heads.length + jump);
+        const failure = exercise(g, drv, c, xorshift32(session), stats, () => undefined);
+        if (failure !== null) throw new Error(failure);
+      }),
+      { numRuns: 1500 },
+    );
+    assert.ok(stats.chains > 300 && stats.broken.size > 5, `the inputs reach both outcomes (${stats.chains} chains, ${stats.broken.size} kinds of broken queue)`);
+  });
+
+  it('holds the same oracle over the fuzz bench generator: rings anywhere, indirect tables, a driver acting between pops', () => {
+    const stats = newStats();
+    fc.assert(
+      fc.property(fc.nat(0xffff_ffff), (seed) => {
+        const failure = fuzzOne(g, drv, seed, stats);
+        if (failure !== null) throw new Error(`${failure}\n(replay: node --import tsx bench/fuzz-virtqueue.ts --seed ${seed} --runs 1)`);
+      }),
+      { numRuns: 1500 },
+    );
+    assert.ok(stats.chains > 1000 && stats.refusedQueues > 0, `the inputs reach accepted chains and refused rings (${stats.chains}, ${stats.refusedQueues})`);
+  });
+
+  // Found by bench/fuzz-virtqueue.ts: 65 descriptors naming all of a 64 MiB region made a chain of
+  // 4.06 GiB that pop() returned (readableBytes past 2^32; a device sizing a copy from it, or
+  // reporting a used length, goes wrong).
+  for (const via of ['the descriptor table', 'an indirect table']) {
+    it(`refuses a chain of more than 2^32 bytes (virtio 1.2 §2.7.5.2) in ${via}, and takes one of exactly 2^32`, () => {
+      for (const oneMore of [false, true]) {
+        drv.reset();
+        const c = { ...RING, size: 128 };
+        const table = via === 'an indirect table' ? tableAt(0) : c.desc;
+        const n = oneMore ? 65 : 64;
+        // Region 0 is 64 MiB (BIG): 64 descriptors naming all of it are 2^32 bytes; the 65th names one byte.
+        for (let i = 0; i < n; i++) drv.desc(table, i, { lo: 0, hi: 0, len: i < 64 ? BIG : 1, flags: i < n - 1 ? VIRTQ_DESC_F_NEXT : VIRTQ_DESC_F_WRITE, next: i + 1 });
+        if (table !== c.desc) drv.desc(c.desc, 0, { ...split(table), len: 16 * n, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+        drv.u16(c.avail + 2, 1);
+        const q = new SplitVirtqueue(g.mem, c.size, c);
+        if (oneMore) {
+          assert.throws(() => q.pop(), (e: unknown) => e instanceof QueueBroken && /more than 2\^32 bytes/.test(e.message));
+        } else {
+          const chain = q.pop();
+          assert.equal(BIG * 64, MAX_CHAIN_BYTES);
+          assert.deepEqual([chain?.readable.length, chain?.readableBytes, chain?.writable.length], [63, 63 * BIG, 1]);
+          assert.equal((chain?.readableBytes ?? 0) + (chain?.writableBytes ?? 0), MAX_CHAIN_BYTES);
+        }
+      }
+    });
+  }
 });

@@ -19,6 +19,8 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 export const MAX_QUEUE_SIZE = 32768;
 /** Longest indirect table we follow (entries); Linux never makes one longer than the queue. */
 export const MAX_INDIRECT = 1024;
+/** Most bytes one chain may describe (virtio 1.2 §2.7.5.2: "longer than 2^32 bytes in total" is forbidden). */
+export const MAX_CHAIN_BYTES = 2 ** 32;
 const DESC_SIZE = 16;
 
 export interface DescriptorChain {
@@ -171,6 +173,9 @@ export class SplitVirtqueue {
       }
       const bytes = len === 0 ? new Uint8Array(0) : this.mem.slice(gpa, len);
       if (!bytes) this.fail(`buffer (0x${gpa.toString(16)}, ${len} bytes) is outside guest memory`);
+      // Descriptors may name the same memory again and again: without this a chain could claim
+      // terabytes, and devices size copies and used lengths (u32) from these totals.
+      if (chain.readableBytes + chain.writableBytes + len > MAX_CHAIN_BYTES) this.fail('descriptor chain of more than 2^32 bytes');
       if (flags & VIRTQ_DESC_F_WRITE) {
         chain.writable.push(bytes);
         chain.writableBytes += len;
