@@ -304,8 +304,11 @@ export class VsockDevice implements VhostUserDevice {
   /** Drops every connection and tells the guest's driver to reset its sockets (TRANSPORT_RESET). */
   resetTransport(): void {
     this.abandonAll('transport reset');
-    if (!this.pendingEvents.includes(EventId.TRANSPORT_RESET)) this.pendingEvents.push(EventId.TRANSPORT_RESET);
-    this.counters.transportResets++;
+    // Rings found out of step one after another (rx, then tx) make one reset, not two.
+    if (!this.pendingEvents.includes(EventId.TRANSPORT_RESET)) {
+      this.pendingEvents.push(EventId.TRANSPORT_RESET);
+      this.counters.transportResets++;
+    }
     this.flushEvents();
   }
 
