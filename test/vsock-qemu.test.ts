@@ -206,3 +206,113 @@ describe('vhost-user-vsock with QEMU and a Linux guest (hybrid host side)', () =
     assert.deepEqual(r.status.connections, []);
   });
 });
+
+// Flow control against the real driver: a reader that stops for a while on either side. Linux
+// stops sending when the credit we advertise runs out and prism stops reading a host socket when
+// the guest's credit or receive buffers run out; neither side may lose, reorder or overrun.
+describe('vhost-user-vsock flow control with QEMU: readers that stall on either side', () => {
+  const STALL_MS = 2000;
+  const BYTES = 8 * MIB;
+  let dir: string;
+  let server: VsockServer;
+  let upListener: Listener;
+
+  before(async () => {
+    requireLab();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-vsock-fc-'));
+    server = new VsockServer({ socket: path.join(dir, 'vu.sock'), cid: GUEST_CID, uds: path.join(dir, 'hv.sock') });
+    await server.start();
+  });
+
+  after(async () => {
+    await upListener?.close();
+    await server?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('carries 8 MiB each way intact while the receiving program stops reading for 2 s, holding at most one buffer of credit', async (t) => {
+    const uds = path.join(dir, 'hv.sock');
+    // guest → host: the host program reads 1 MiB, stops for 2 s, then reads the rest.
+    let upDone!: (r: { bytes: number; sha: string }) => void;
+    const up = new Promise<{ bytes: number; sha: string }>((r) => (upDone = r));
+    let maxUnforwarded = 0;
+    let maxQueued = 0;
+    const sample = setInterval(() => {
+      for (const c of server.device.connections()) {
+        maxUnforwarded = Math.max(maxUnforwarded, c.unforwarded);
+        maxQueued = Math.max(maxQueued, c.queuedToGuest);
+      }
+    }, 20);
+    upListener = await listen(`hvsock:${uds}:${UP_PORT}`);
+    upListener.on('connection', ({ stream }) => {
+      const h = createHash('sha256');
+      let n = 0;
+      let stalled = false;
+      stream.on('data', (d: Buffer) => {
+        h.update(d);
+        n += d.length;
+        if (!stalled && n >= MIB) {
+          stalled = true;
+          stream.pause();
+          setTimeout(() => stream.resume(), STALL_MS);
+        }
+      });
+      stream.on('end', () => {
+        upDone({ bytes: n, sha: h.digest('hex') });
+        stream.end();
+      });
+    });
+    // host → guest: the guest's reader sleeps 2 s before reading anything.
+    const down = randomBytes(BYTES);
+    let downWork: Promise<void> = Promise.resolve();
+    let started = false;
+    let consoleText = '';
+    const guest = await runGuest({
+      script: `
+dd if=/dev/urandom of=/tmp/up bs=1048576 count=8 2>/dev/null
+echo "UP-SENT $(sha256sum /tmp/up | cut -d' ' -f1)"
+socat -u -b 65536 OPEN:/tmp/up VSOCK-CONNECT:2:${UP_PORT}; echo "UP-RC $?"
+socat -u -b 65536 VSOCK-LISTEN:${LISTEN_PORT} STDOUT | (sleep ${STALL_MS / 1000}; sha256sum > /tmp/down.sha) &
+echo LISTENING
+wait
+echo "DOWN-GOT $(cut -d' ' -f1 /tmp/down.sha)"`,
+      vhostUser: [{ kind: 'vsock', socket: path.join(dir, 'vu.sock') }],
+      timeoutMs: GUEST_TIMEOUT_MS,
+      onConsole: (t) => {
+        consoleText += t;
+        if (!started && consoleText.includes('LISTENING')) {
+          started = true;
+          downWork = (async () => {
+            for (let attempt = 1; ; attempt++) {
+              try {
+                const s = await dial(`hvsock:${uds}:${LISTEN_PORT}`, { timeoutMs: 20_000 });
+                s.resume();
+                await new Promise<void>((resolve, reject) => {
+                  s.on('error', reject);
+                  s.end(down, resolve);
+                });
+                return;
+              } catch (e) {
+                if (attempt >= 20) throw e;
+                await sleep(250);
+              }
+            }
+          })();
+        }
+      },
+    });
+    await downWork;
+    clearInterval(sample);
+    assert.equal(guest.exitCode, 0, guestTail(guest));
+    const sent = /^UP-SENT ([0-9a-f]{64})$/m.exec(guest.console)?.[1];
+    assert.deepEqual(await up, { bytes: BYTES, sha: sent }, 'guest → host: every byte, in order');
+    assert.equal(/^DOWN-GOT ([0-9a-f]{64})$/m.exec(guest.console)?.[1], sha256(down), `host → guest: every byte, in order\n${guestTail(guest)}`);
+    assert.ok(maxUnforwarded <= 256 * 1024, `guest data held for the stalled host program: ${maxUnforwarded} bytes (credit 256 KiB)`);
+    assert.ok(maxQueued <= 64 * 1024 + 64 * 1024, `host data held for the stalled guest: ${maxQueued} bytes (pause at 64 KiB, plus one read)`);
+    const c = server.status().counters;
+    t.diagnostic(`held at most ${maxUnforwarded} bytes for the host program, ${maxQueued} for the guest; ${Math.round(guest.durationMs)} ms`);
+    assert.equal(c.drops.violation, 0);
+    assert.equal(c.bytesFromGuest, BYTES);
+    assert.equal(c.bytesToGuest, BYTES);
+  });
+});
