@@ -4,6 +4,10 @@
 // 6.1 posts them (a 44-byte header buffer and a 4 KiB data buffer per chain); host streams are
 // socketpairs.
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -15,8 +19,8 @@ import * as sys from '../src/sys/index.js';
 import { VhostUserBackend } from '../src/vhost/backend.js';
 import { VsockConnection, type HostAction, type OutgoingPacket } from '../src/vsock/connection.js';
 import { GuestRefusedError, VsockDevice, type VsockDeviceOptions, type VsockEndpoint } from '../src/vsock/device.js';
+import { VsockServer, type VsockServerOptions } from '../src/vsock/server.js';
 import { Frontend, MiB, UVA, bringUp, f, ringAt, shutDown, type Guest } from './helpers/vhost-frontend.js';
-import * as fs from 'node:fs';
 
 const GUEST = 3;
 const HOST = 2;
@@ -278,6 +282,9 @@ interface Posted {
   descs: number[];
 }
 
+/** What the driver needs of a set-up frontend. */
+type GuestMemoryView = Pick<Guest, 'ram' | 'bytes' | 'kicks'>;
+
 /** The guest driver's side of the three rings (size 8) in the shared memory. */
 class Driver {
   private readonly free: number[][] = [0, 1, 2].map(() => [...Array(SIZE).keys()]);
@@ -285,7 +292,7 @@ class Driver {
   private readonly usedSeen = [0, 0, 0];
   private readonly posted: Map<number, Posted>[] = [0, 1, 2].map(() => new Map<number, Posted>());
 
-  constructor(readonly g: Guest, base: number[] = [0, 0, 0]) {
+  constructor(readonly g: GuestMemoryView, base: number[] = [0, 0, 0]) {
     this.availIdx = [...base];
     this.usedSeen = [...base];
   }
@@ -728,17 +735,22 @@ async function bringUpAt(device: VsockDevice, base: number[]): Promise<Guest> {
   const [a, b] = sys.unixSocketPair();
   const be = new VhostUserBackend(b, device);
   const fe = new Frontend(a);
+  return { ...(await setUpRings(fe, be.offeredFeatures, device.queueCount, base)), be };
+}
+
+/** Plays QEMU's set-up on a frontend connection: features, 1 MiB of memory, rings of 8 at `base`. */
+async function setUpRings(fe: Frontend, features: bigint, queueCount: number, base: number[]): Promise<Omit<Guest, 'be'>> {
   const memfd = sys.memfdCreate('prism-vsock-test');
   fs.ftruncateSync(memfd, MiB);
   const ab = sys.mmap(memfd, MiB);
   const ram = new DataView(ab);
-  fe.send({ request: 'SET_FEATURES', flags: f(), features: be.offeredFeatures });
+  fe.send({ request: 'SET_FEATURES', flags: f(), features });
   fe.send({ request: 'SET_PROTOCOL_FEATURES', flags: f(), features: featureMask(ProtocolFeature.REPLY_ACK) });
   fe.send({ request: 'SET_MEM_TABLE', flags: f(true), regions: [{ guestPhysAddr: 0n, memorySize: BigInt(MiB), userspaceAddr: UVA, mmapOffset: 0n }] }, [memfd]);
   await fe.reply();
   const kicks: sys.EventFd[] = [];
   const calls: sys.EventFd[] = [];
-  for (let i = 0; i < device.queueCount; i++) {
+  for (let i = 0; i < queueCount; i++) {
     const r = ringAt(i);
     // The driver's indices as it left them: avail and used both at base.
     ram.setUint16(r.avail + 2, base[i] ?? 0, true);
@@ -753,7 +765,146 @@ async function bringUpAt(device: VsockDevice, base: number[]): Promise<Guest> {
     fe.send({ request: 'SET_VRING_CALL', flags: f(), index: i, noFd: false }, [call.fd]);
     fe.send({ request: 'SET_VRING_KICK', flags: f(), index: i, noFd: false }, [kick.fd]);
     fe.send({ request: 'SET_VRING_ENABLE', flags: f(true), index: i, enable: true });
-    await fe.reply();
+    const ack = await fe.reply();
+    assert.deepEqual(ack, { request: 'REPLY_ACK', ackedRequest: 'SET_VRING_ENABLE', status: 0n }, `ring ${i} started`);
   }
-  return { fe, be, ram, bytes: new Uint8Array(ab), memfd, kicks, calls };
+  return { fe, ram, bytes: new Uint8Array(ab), memfd, kicks, calls };
 }
+
+// --- the hybrid service: VsockServer with a scripted VMM and host programs ------------------------
+
+interface Served {
+  server: VsockServer;
+  dir: string;
+  uds: string;
+  vmm: Omit<Guest, 'be'>;
+  drv: Driver;
+}
+
+/** Starts a VsockServer in a temporary directory and connects a scripted VMM that sets up the rings. */
+async function served(opts: Partial<VsockServerOptions> = {}): Promise<Served> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-vsock-srv-'));
+  const uds = path.join(dir, 'hv.sock');
+  const server = new VsockServer({ socket: path.join(dir, 'vu.sock'), cid: GUEST, uds, ...opts });
+  await server.start();
+  const vmm = await vmmConnect(path.join(dir, 'vu.sock'));
+  const drv = new Driver(vmm);
+  drv.fillRx();
+  return { server, dir, uds, vmm, drv };
+}
+
+async function vmmConnect(socket: string): Promise<Omit<Guest, 'be'>> {
+  const fe = new Frontend(await sys.connectUnix(socket));
+  fe.send({ request: 'GET_FEATURES', flags: f() });
+  const r = await fe.reply();
+  assert.equal(r.request, 'GET_FEATURES');
+  return setUpRings(fe, r.request === 'GET_FEATURES' ? r.features : 0n, 3, [0, 0, 0]);
+}
+
+async function stop(s: Served): Promise<void> {
+  s.vmm.fe.sock.destroy();
+  for (const e of [...s.vmm.kicks, ...s.vmm.calls]) e.close();
+  await s.server.close();
+  fs.rmSync(s.dir, { recursive: true, force: true });
+}
+
+/** Reads from a host connection until `pred` holds for what arrived. */
+async function readUntil(s: net.Socket, pred: (got: Buffer) => boolean, what: string): Promise<Buffer> {
+  let got = Buffer.alloc(0);
+  s.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
+  await until(() => pred(got), what);
+  return got;
+}
+
+describe('vsock hybrid service (VsockServer)', () => {
+  it('host → guest: CONNECT with data pipelined behind it gets OK once the guest accepts, then the data flows both ways', async () => {
+    const s = await served();
+    const host = net.connect(s.uds);
+    host.write('CONNECT 6000\nhello guest');
+    let rx: { header: VsockHeader; payload: Buffer }[] = [];
+    await until(() => (rx = s.drv.received()).length > 0, 'REQUEST');
+    const req = rx[0]?.header as VsockHeader;
+    assert.deepEqual([req.op, req.dstPort, req.srcCid], [Op.REQUEST, 6000, HOST]);
+    s.drv.fillRx();
+    s.drv.send({ op: Op.RESPONSE, srcPort: 6000, dstPort: req.srcPort });
+    s.drv.send({ srcPort: 6000, dstPort: req.srcPort }, Buffer.from('hello host'));
+    s.drv.kick(Queue.TX);
+    const got = await readUntil(host, (b) => b.toString().endsWith('hello host'), 'OK and the guest\'s data');
+    assert.equal(got.toString(), `OK ${req.srcPort}\nhello host`, 'the OK line comes before any guest data');
+    await until(() => (rx = s.drv.received()).length > 0, 'the pipelined bytes in the guest');
+    assert.equal(rx[0]?.payload.toString(), 'hello guest');
+    host.destroy();
+    await stop(s);
+  });
+
+  it('host → guest: a refused CONNECT, garbage instead of CONNECT, or silence all close the host connection without OK', async () => {
+    const s = await served({ handshakeTimeoutMs: 200 });
+    const closedWith = (c: net.Socket): Promise<string> =>
+      new Promise((resolve) => {
+        let got = '';
+        c.on('data', (d: Buffer) => (got += d.toString()));
+        c.on('error', () => undefined);
+        c.on('close', () => resolve(got));
+      });
+    const refused = net.connect(s.uds);
+    const refusedDone = closedWith(refused);
+    refused.write('CONNECT 7000\n');
+    let rx: { header: VsockHeader }[] = [];
+    await until(() => (rx = s.drv.received()).length > 0, 'REQUEST');
+    s.drv.send({ op: Op.RST, srcPort: 7000, dstPort: rx[0]?.header.srcPort ?? 0 });
+    s.drv.kick(Queue.TX);
+    assert.equal(await refusedDone, '', 'refused by the guest');
+    const garbage = net.connect(s.uds);
+    const garbageDone = closedWith(garbage);
+    garbage.write('GET / HTTP/1.1\r\n\r\n');
+    assert.equal(await garbageDone, '', 'not a CONNECT line');
+    const silent = net.connect(s.uds);
+    assert.equal(await closedWith(silent), '', 'nothing within the handshake timeout');
+    assert.equal(s.server.status().handshakesRefused, 2);
+    await stop(s);
+  });
+
+  it('guest → host: CID 2 port 5000 reaches UDS_5000; port 5999 with nothing there and CID 9 get RST', async () => {
+    const s = await served();
+    let accepted: net.Socket | null = null;
+    const l = net.createServer({ allowHalfOpen: true }, (c) => (accepted = c));
+    await new Promise<void>((r) => l.listen(`${s.uds}_5000`, r));
+    s.drv.send({ op: Op.REQUEST, srcPort: 1 });
+    s.drv.send({ op: Op.REQUEST, srcPort: 2, dstPort: 5999 });
+    s.drv.send({ op: Op.REQUEST, srcPort: 3, dstCid: 9 });
+    s.drv.kick(Queue.TX);
+    const rx: { header: VsockHeader }[] = [];
+    await until(() => rx.push(...s.drv.received()) >= 0 && rx.length === 3, 'three answers');
+    const byPort = new Map(rx.map((p) => [p.header.dstPort, p.header.op]));
+    assert.deepEqual([byPort.get(1), byPort.get(2), byPort.get(3)], [Op.RESPONSE, Op.RST, Op.RST]);
+    assert.ok(accepted, 'UDS_5000 got the connection');
+    s.drv.fillRx();
+    s.drv.send({ srcPort: 1 }, Buffer.from('to the host'));
+    s.drv.kick(Queue.TX);
+    const got = await readUntil(accepted as net.Socket, (b) => b.length === 11, 'guest data at UDS_5000');
+    assert.equal(got.toString(), 'to the host');
+    (accepted as net.Socket).destroy();
+    l.close();
+    await stop(s);
+  });
+
+  it('a new VMM connection replaces the old one, whose late ring stops do not disturb the new', async () => {
+    const s = await served();
+    const second = await vmmConnect(path.join(s.dir, 'vu.sock'));
+    const drv2 = new Driver(second);
+    drv2.fillRx();
+    await new Promise((r) => setTimeout(r, 50)); // the first connection's close has run by now
+    const l = net.createServer(() => undefined);
+    await new Promise<void>((r) => l.listen(`${s.uds}_5000`, r));
+    drv2.send({ op: Op.REQUEST, srcPort: 1 });
+    drv2.kick(Queue.TX);
+    let rx: { header: VsockHeader }[] = [];
+    await until(() => (rx = drv2.received()).length > 0, 'RESPONSE through the new connection');
+    assert.equal(rx[0]?.header.op, Op.RESPONSE);
+    assert.equal(s.server.status().vmmConnected, true);
+    second.fe.sock.destroy();
+    for (const e of [...second.kicks, ...second.calls]) e.close();
+    l.close();
+    await stop(s);
+  });
+});

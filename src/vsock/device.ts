@@ -31,7 +31,7 @@
 import type { Duplex } from 'node:stream';
 import { featureMask } from '../codecs/vhost-user/index.js';
 import {
-  Cid, EVENT_SIZE, EventId, HEADER_SIZE, MAX_GUEST_CID, MAX_PKT_PAYLOAD, MIN_GUEST_CID, Op, Queue, SocketType, VsockDecodeError,
+  Cid, EVENT_SIZE, EventId, HEADER_SIZE, MAX_GUEST_CID, MAX_PKT_PAYLOAD, MIN_GUEST_CID, Op, Queue, SocketType, VsockDecodeError, VsockFeature,
   decodePacket, describeHeader, encodeConfig, encodeEvent, encodeHeader, opName, type VsockHeader, type VsockDecodeReason,
 } from '../codecs/vsock/index.js';
 import type { VhostUserDevice } from '../vhost/backend.js';
@@ -191,6 +191,8 @@ function scatter(chain: DescriptorChain, src: Uint8Array, at: number): number {
 export class VsockDevice implements VhostUserDevice {
   readonly features = featureMask(VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_RING_F_EVENT_IDX);
   readonly queueCount = 3;
+  /** Names of the vsock feature bits, for the core's logs (none of them is offered). */
+  readonly featureTable = VsockFeature;
   readonly guestCid: number;
 
   private readonly route: VsockRouter;

@@ -56,12 +56,14 @@ export interface VsockServerStatus {
 class BackendView implements VhostUserDevice {
   readonly features: bigint;
   readonly queueCount: number;
+  readonly featureTable: Readonly<Record<string, number>>;
   constructor(
     private readonly device: VsockDevice,
     private readonly current: () => boolean,
   ) {
     this.features = device.features;
     this.queueCount = device.queueCount;
+    this.featureTable = device.featureTable;
   }
   readConfig(offset: number, size: number): Buffer | null {
     return this.device.readConfig(offset, size);
