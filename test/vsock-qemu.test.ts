@@ -11,6 +11,7 @@
 // One guest boot carries all of it (the guest prints markers; the host acts on them); each test
 // below asserts one part.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -19,7 +20,7 @@ import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { dial, listen, type Listener } from '../src/transport/index.js';
 import { VsockServer } from '../src/vsock/server.js';
-import { guestTail, requireLab, runGuest, type GuestResult } from './helpers/lab.js';
+import { REPO_ROOT, guestTail, requireLab, runGuest, type GuestResult } from './helpers/lab.js';
 
 const GUEST_CID = 3;
 const UP_PORT = 5000;
@@ -316,3 +317,65 @@ echo "DOWN-GOT $(cut -d' ' -f1 /tmp/down.sha)"`,
     assert.equal(c.bytesToGuest, BYTES);
   });
 });
+
+// The command line as an operator runs it: `prism vsock serve` in its own process, a guest with
+// CID 4 (from the config space), and the JSON log lines it writes.
+describe('prism vsock serve with QEMU', () => {
+  it('serves a guest with CID 4: the guest reaches UDS_5000, the log has the connection, SIGTERM stops it cleanly', async () => {
+    requireLab();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-vsock-cli-'));
+    const socket = path.join(dir, 'vu.sock');
+    const uds = path.join(dir, 'hv.sock');
+    const l = await listen(`hvsock:${uds}:${UP_PORT}`);
+    const heard = new Promise<string>((resolve) => {
+      l.on('connection', ({ stream }) => {
+        const got: Buffer[] = [];
+        stream.on('data', (d: Buffer) => got.push(d));
+        stream.on('end', () => {
+          stream.end('hello from the host\n');
+          resolve(Buffer.concat(got).toString());
+        });
+      });
+    });
+    const cli = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'vsock', 'serve', '--socket', socket, '--cid', '4', '--uds', uds], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let log = '';
+    cli.stderr.setEncoding('utf8');
+    cli.stderr.on('data', (t: string) => (log += t));
+    const exited = new Promise<number | null>((resolve) => cli.on('exit', (code) => resolve(code)));
+    try {
+      await until(() => log.includes('vsock device ready'), 'the CLI to start', 30_000);
+      const guest = await runGuest({
+        script: `echo hello-from-cid-4 | socat -t 10 - VSOCK-CONNECT:2:${UP_PORT}`,
+        vhostUser: [{ kind: 'vsock', socket }],
+        timeoutMs: GUEST_TIMEOUT_MS,
+      });
+      assert.equal(guest.exitCode, 0, guestTail(guest));
+      assert.match(guest.console, /hello from the host/);
+      assert.equal(await heard, 'hello-from-cid-4\n');
+      await until(() => log.includes('vsock connection closed'), 'the close in the log', 10_000);
+      cli.kill('SIGTERM');
+      assert.equal(await exited, 0, log);
+      const lines = log.trim().split('\n').map((x) => JSON.parse(x) as { msg: string; conn?: string; counters?: { drops: Record<string, number>; connectionsOpened: number } });
+      const opened = lines.find((x) => x.msg === 'vsock connection open');
+      assert.match(opened?.conn ?? '', /^4:\d+ <-> 2:5000$/, 'the guest spoke from CID 4');
+      const stopped = lines.find((x) => x.msg === 'vsock device stopped');
+      assert.equal(stopped?.counters?.connectionsOpened, 1, log);
+      assert.equal(stopped?.counters?.drops.spoofed, 0);
+    } finally {
+      if (cli.exitCode === null) cli.kill('SIGKILL');
+      await l.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+async function until(cond: () => boolean, what: string, ms: number): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) assert.fail(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
