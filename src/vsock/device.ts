@@ -79,7 +79,8 @@ export interface VsockDeviceOptions {
   log?: VsockLog;
   /**
    * Sees every packet as raw bytes (header and payload): 'from-guest' as the guest sent it (before
-   * any check), 'to-guest' as written into a receive buffer. For debugging and captures.
+   * any check; cut at 44 + 64 KiB bytes), 'to-guest' as written into a receive buffer. For
+   * debugging and captures.
    */
   tap?: (direction: 'from-guest' | 'to-guest', bytes: Buffer) => void;
 }
@@ -411,7 +412,17 @@ export class VsockDevice implements VhostUserDevice {
   }
 
   private onGuestPacket(parts: Uint8Array[]): void {
-    this.tap?.('from-guest', Buffer.concat(parts));
+    if (this.tap) {
+      // At most one packet's worth: a chain may describe far more guest memory than that.
+      const taken: Uint8Array[] = [];
+      let room = HEADER_SIZE + MAX_PKT_PAYLOAD;
+      for (const p of parts) {
+        if (room === 0) break;
+        taken.push(p.subarray(0, room));
+        room -= Math.min(room, p.length);
+      }
+      this.tap('from-guest', Buffer.concat(taken));
+    }
     let h: VsockHeader;
     let payload: Buffer;
     try {
