@@ -681,6 +681,56 @@ describe('vsock device on the vhost-user core', () => {
     done(g, dev);
   });
 
+  it('survives a hostile guest: 300 random packets (any op, type, len, CID, port, credit), then still serves a new connection', async () => {
+    const { dev, g, drv, ep } = await device({ maxConnections: 8, maxPendingRequests: 4, bufAlloc: 4096 });
+    const packet = fc.record({
+      srcCid: fc.constantFrom(GUEST, GUEST, GUEST, 4),
+      dstCid: fc.constantFrom(HOST, HOST, 7),
+      srcPort: fc.integer({ min: 1, max: 6 }),
+      dstPort: fc.constantFrom(5000, 5001),
+      op: fc.integer({ min: 0, max: 8 }),
+      type: fc.constantFrom(1, 1, 1, 2, 0),
+      flags: fc.integer({ min: 0, max: 3 }),
+      bufAlloc: fc.constantFrom(0, 4096, 65536, 0xffff_ffff),
+      fwdCnt: fc.integer({ min: 0, max: 0xffff_ffff }),
+      size: fc.integer({ min: 0, max: 6000 }),
+      lenDelta: fc.constantFrom(0, 0, 0, 0, 1, -1),
+    });
+    const packets = fc.sample(packet, { numRuns: 300, seed: 20261125 });
+    const toGuest: VsockHeader[] = [];
+    for (let i = 0; i < packets.length; i += 3) {
+      const batch = packets.slice(i, i + 3);
+      const before = drv.usedIdx(Queue.TX);
+      for (const p of batch) {
+        const payload = Buffer.alloc(p.size, 0x5a);
+        drv.send({ ...p, len: Math.max(0, p.size + p.lenDelta) }, payload);
+      }
+      drv.kick(Queue.TX);
+      await until(() => ((drv.usedIdx(Queue.TX) - before) & 0xffff) === batch.length, `batch ${i / 3} taken`);
+      await new Promise((r) => setTimeout(r, 1));
+      toGuest.push(...drv.received().map((p) => p.header));
+      drv.fillRx();
+      drv.kick(Queue.RX);
+    }
+    assert.ok(toGuest.length > 0);
+    assert.ok(toGuest.every((h) => h.dstCid === GUEST && (h.srcCid === HOST || h.srcCid === 7)), 'everything went to the guest, from an address it used');
+    assert.ok(dev.connections().length <= 8);
+    const d = dev.counters.drops;
+    assert.ok(d.spoofed > 0 && d.op > 0 && d.type > 0 && d.length > 0, JSON.stringify(d));
+    // Still serving: a fresh, well-behaved connection works.
+    await new Promise((r) => setTimeout(r, 20));
+    drv.received();
+    drv.fillRx();
+    for (const c of dev.connections()) drv.send({ op: Op.RST, srcPort: Number(c.guest.split(':')[1]), dstPort: Number(c.local.split(':')[1]), dstCid: Number(c.local.split(':')[0]) });
+    drv.kick(Queue.TX);
+    await until(() => dev.connections().length === 0, 'the guest reset its connections');
+    const host = collect(await connect(drv, ep, 60_000));
+    drv.send({ srcPort: 60_000 }, Buffer.from('still here'));
+    drv.kick(Queue.TX);
+    await until(() => host.data().toString() === 'still here', 'data through the new connection');
+    done(g, dev);
+  });
+
   it('sends TRANSPORT_RESET when the rings start where this device never stopped them (a backend restart)', async () => {
     const dev = new VsockDevice({ guestCid: GUEST, route: () => null });
     const g = await bringUpAt(dev, [7, 5, 0]);
