@@ -49,6 +49,47 @@ describe('AF_UNIX sockets with fd passing', () => {
     b.destroy();
   });
 
+  it('announces fds right before the chunk they came with, even when chunks were read ahead', async () => {
+    const [a, b] = sys.unixSocketPair();
+    b.pause(); // let several messages wait in the socket, then read them in one _read loop
+    const devnull = fs.openSync('/dev/null', 'r');
+    const messages = ['A', 'B', 'C', 'D', 'E'];
+    for (const m of messages) {
+      if (m === 'A') a.write(Buffer.from(m));
+      else a.writeWithFds(Buffer.from(m), [devnull]);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    const events: string[] = [];
+    const got = new Promise<void>((resolve) => {
+      let seen = '';
+      b.on('fds', (fds: number[]) => {
+        events.push(`fds:${fds.length}`);
+        for (const f of fds) fs.closeSync(f);
+      });
+      b.on('data', (d: Buffer) => {
+        events.push(`data:${d.toString()}`);
+        seen += d.toString();
+        if (seen.length === messages.length) resolve();
+      });
+    });
+    b.resume();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`not all messages arrived: ${events.join(' ')}`)), 5000);
+    });
+    await Promise.race([got, timeout]).finally(() => clearTimeout(timer));
+    // The kernel ends a read at the segment carrying fds: A and B come in one chunk with B's fd.
+    // Every 'fds' is immediately followed by the chunk whose last message brought them.
+    events.forEach((e, i) => {
+      if (e.startsWith('fds')) assert.match(events[i + 1] ?? '', /^data:.*[B-E]$/, events.join(' '));
+    });
+    assert.equal(events.filter((e) => e.startsWith('fds')).length, 4, events.join(' '));
+    assert.equal(events.filter((e) => e.startsWith('data')).join(''), 'data:ABdata:Cdata:Ddata:E', events.join(' '));
+    fs.closeSync(devnull);
+    a.destroy();
+    b.destroy();
+  });
+
   it('closes fds nobody asked for, so a peer cannot fill our fd table', async () => {
     const [a, b] = sys.unixSocketPair();
     const countFds = (): number => fs.readdirSync('/proc/self/fd').length;

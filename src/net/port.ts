@@ -87,9 +87,9 @@ export class NetPort implements VhostUserDevice {
     if (!tx) return;
     try {
       for (let c = tx.q.pop(); c; c = tx.q.pop()) {
-        const bytes = gather(c);
-        if (bytes.length >= NET_HDR_SIZE && bytes.length - NET_HDR_SIZE <= ETH_MAX) {
-          const frame = bytes.subarray(NET_HDR_SIZE);
+        // Size first: a chain may describe up to 4 GiB, which must not become an allocation.
+        if (c.readableBytes >= NET_HDR_SIZE && c.readableBytes - NET_HDR_SIZE <= ETH_MAX) {
+          const frame = gather(c).subarray(NET_HDR_SIZE);
           for (const dst of this.sw.route(this.name, frame)) {
             this.sw.delivered(dst, frame.length, this.deliver(dst, frame), this.name);
           }

@@ -68,6 +68,8 @@ export class FdSocket extends Duplex {
   /** Receive fds (SCM_RIGHTS)? Only meaningful on AF_UNIX; off for vsock. */
   private readonly acceptFds: boolean;
   private readBuf = Buffer.allocUnsafe(READ_CHUNK);
+  /** Received fds by the chunk they arrived with, until that chunk is emitted (see holdFds). */
+  private readonly heldFds = new Map<Buffer, number[]>();
 
   constructor(fd: number, opts: { acceptFds?: boolean } = {}) {
     super({ allowHalfOpen: true });
@@ -126,29 +128,45 @@ export class FdSocket extends Duplex {
         return;
       }
       if (r === null) break; // would block: wait for readiness
-      if (r.fds.length > 0) this.takeFds(r.fds);
       if (r.bytes === 0) {
+        if (r.fds.length > 0) this.closeFds(r.fds);
         this.wantRead = false;
         this.setInterest();
         this.push(null);
         return;
       }
       const chunk = Buffer.from(this.readBuf.subarray(0, r.bytes));
+      if (r.fds.length > 0) this.holdFds(chunk, r.fds);
       if (!this.push(chunk)) this.wantRead = false;
     }
     this.setInterest();
   }
 
   /**
-   * Hands received fds to the 'fds' listeners. Nobody listening means nobody
-   * will ever close them, so they are closed here: a peer cannot fill our fd
-   * table by sending fds we did not ask for.
+   * Keeps received fds with the chunk they came with, to be announced ('fds') right before that
+   * chunk's 'data' event. They cannot be announced at once: a chunk pushed from inside _read() is
+   * buffered by Readable and delivered later, after chunks read earlier, so fds announced at
+   * recvmsg time would be taken for an earlier message's (a vhost-user frontend's SET_VRING_KICK
+   * fd landing on the SET_VRING_ADDR before it). Nobody listening means nobody will ever close
+   * them, so they are closed here: a peer cannot fill our fd table by sending fds we did not ask for.
    */
-  private takeFds(fds: number[]): void {
-    if (this.listenerCount('fds') > 0) {
-      this.emit('fds', fds);
-      return;
+  private holdFds(chunk: Buffer, fds: number[]): void {
+    if (this.listenerCount('fds') > 0) this.heldFds.set(chunk, fds);
+    else this.closeFds(fds);
+  }
+
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    if (event === 'data' && this.heldFds.size > 0) {
+      const fds = this.heldFds.get(args[0] as Buffer);
+      if (fds) {
+        this.heldFds.delete(args[0] as Buffer);
+        super.emit('fds', fds);
+      }
     }
+    return super.emit(event, ...args);
+  }
+
+  private closeFds(fds: number[]): void {
     for (const f of fds) {
       try {
         native.close(f);
@@ -222,6 +240,9 @@ export class FdSocket extends Duplex {
         // already closed by the kernel's view: nothing left to release
       }
       if (w) w.cb(err ?? new SysError('EPIPE', 32, 'sendmsg'));
+      // Fds of chunks that will never be emitted.
+      for (const fds of this.heldFds.values()) this.closeFds(fds);
+      this.heldFds.clear();
     }
     cb(err);
   }
