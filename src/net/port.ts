@@ -67,7 +67,12 @@ export class NetPort implements VhostUserDevice {
   ) {}
 
   startQueue(index: number, q: SplitVirtqueue, notify: () => void): void {
-    if (index === RX) this.rx = { q, notify };
+    if (index === RX) {
+      // Receive buffers are looked for when a frame arrives, never waited for: a kick saying the
+      // guest added some would only wake the switch for nothing.
+      q.setKicksWanted(false);
+      this.rx = { q, notify };
+    }
     else if (index === TX) this.tx = { q, notify };
   }
 

@@ -22,6 +22,8 @@ export const MAX_INDIRECT = 1024;
 /** Most bytes one chain may describe (virtio 1.2 §2.7.5.2: "longer than 2^32 bytes in total" is forbidden). */
 export const MAX_CHAIN_BYTES = 2 ** 32;
 const DESC_SIZE = 16;
+/** How far ahead avail_event is put when kicks are not wanted (see publishAvailEvent). */
+export const AVAIL_EVENT_AWAY = 0x7fff;
 
 export interface DescriptorChain {
   /** Head index: what pushUsed() gives back to the driver. */
@@ -48,6 +50,7 @@ export class QueueBroken extends Error {
 
 export class SplitVirtqueue {
   private lastAvail: number;
+  private kicksWanted = true;
   private usedIdx: number;
   private broken: string | null = null;
   private readonly descTable: { view: DataView; offset: number };
@@ -122,10 +125,7 @@ export class SplitVirtqueue {
     const head = this.avail.view.getUint16(this.avail.offset + 4 + 2 * slot, true);
     const chain = this.walk(head);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    if (this.eventIdx) {
-      // avail_event: tell the driver which index we want a kick for next (virtio 1.2 §2.7.10).
-      this.used.view.setUint16(this.used.offset + 4 + 8 * this.size, this.lastAvail, true);
-    }
+    if (this.eventIdx) this.publishAvailEvent();
     return chain;
   }
 
@@ -214,10 +214,25 @@ export class SplitVirtqueue {
     return (this.avail.view.getUint16(this.avail.offset, true) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
   }
 
-  /** Asks the driver not to kick us (while we are polling anyway), or to kick again. */
+  /**
+   * avail_event (virtio 1.2 §2.7.10): the avail index whose publication should kick us. Wanting
+   * kicks, that is the next one; not wanting them, half the index space ahead, which a driver
+   * cannot reach before our next pop moves it on (it never has more than the queue size, at most
+   * 32768, outstanding).
+   */
+  private publishAvailEvent(): void {
+    const at = this.kicksWanted ? this.lastAvail : (this.lastAvail + AVAIL_EVENT_AWAY) & 0xffff;
+    this.used.view.setUint16(this.used.offset + 4 + 8 * this.size, at, true);
+  }
+
+  /**
+   * Asks the driver not to kick us (while we are polling anyway, or on a receive queue whose new
+   * buffers we only look for when a frame arrives), or to kick again.
+   */
   setKicksWanted(wanted: boolean): void {
+    this.kicksWanted = wanted;
     if (this.eventIdx) {
-      if (wanted) this.used.view.setUint16(this.used.offset + 4 + 8 * this.size, this.lastAvail, true);
+      this.publishAvailEvent();
       return;
     }
     const flags = this.used.view.getUint16(this.used.offset, true);
