@@ -650,6 +650,27 @@ describe('vsock device on the vhost-user core', () => {
     done(g, dev);
   });
 
+  it('gives back a receive buffer too small for the waiting data instead of spinning on it, and uses the next', async () => {
+    const { dev, g, drv, ep } = await device();
+    drv.fillRx(1);
+    const host = await connect(drv, ep, 1);
+    host.write('waiting for room');
+    await until(() => (dev.connections()[0]?.queuedToGuest ?? 0) > 0, 'host data queued');
+    drv.received();
+    drv.post(Queue.RX, [{ len: HEADER_SIZE, writable: true }]); // a header's worth: no data fits
+    drv.kick(Queue.RX);
+    await until(() => drv.usedIdx(Queue.RX) === 2, 'the small buffer back');
+    assert.deepEqual(drv.reap(Queue.RX).map((u) => u.len), [0], 'returned empty');
+    assert.equal(dev.counters.drops['rx-buffer'], 1);
+    drv.fillRx();
+    drv.kick(Queue.RX);
+    let rx: { header: VsockHeader; payload: Buffer }[] = [];
+    await until(() => (rx = drv.received()).length > 0, 'the data');
+    assert.equal(rx.find((p) => p.header.op === Op.RW)?.payload.toString(), 'waiting for room');
+    host.destroy();
+    done(g, dev);
+  });
+
   it('limits connections being set up: REQUESTs beyond the limit get RST and are counted', async () => {
     const never: VsockEndpoint = { connect: () => new Promise<Duplex>(() => undefined) };
     const dev = new VsockDevice({ guestCid: GUEST, route: () => never, maxPendingRequests: 2, hostConnectTimeoutMs: 60_000 });

@@ -751,7 +751,11 @@ export class VsockDevice implements VhostUserDevice {
   private nextOutgoing(maxPayload: number): VsockHeader | OutgoingPacket | null {
     const rst = this.control.shift();
     if (rst) return rst;
+    // Each connection gets one look per call: one that re-queues itself without producing a packet
+    // (its data does not fit this buffer) must not keep the loop going.
+    let looks = this.ready.size;
     for (const c of this.ready) {
+      if (looks-- <= 0) break;
       this.ready.delete(c);
       if (!c.sm.hasPacket()) {
         this.reconcile(c);
@@ -789,8 +793,17 @@ export class VsockDevice implements VhostUserDevice {
           pushed++;
           continue;
         }
-        const p = this.nextOutgoing(Math.min(chain.writableBytes - HEADER_SIZE, MAX_PKT_PAYLOAD));
+        const room = Math.min(chain.writableBytes - HEADER_SIZE, MAX_PKT_PAYLOAD);
+        const p = this.nextOutgoing(room);
         if (!p) {
+          if (room === 0) {
+            // A header's worth cannot carry the data that waits: give it back empty (Linux drops
+            // it and posts another) rather than let it block the buffers behind it.
+            this.drop('rx-buffer', 'a receive buffer with no room for data');
+            rx.q.pushUsed(chain.head, 0);
+            pushed++;
+            continue;
+          }
           rx.q.unpop(1);
           break;
         }

@@ -109,13 +109,18 @@ async function clearStaleSocket(path: string): Promise<void> {
  * came with 4 fds"). Each announcement is held until the stream offset it belongs to is delivered.
  * A workaround until FdSocket does this itself.
  */
+type Emit = (event: string | symbol, ...args: unknown[]) => boolean;
+
 function deliverFdsInOrder(s: sys.FdSocket): void {
   const held: { at: number; fds: number[] }[] = [];
   let delivered = 0;
-  const emit = s.emit.bind(s) as (event: string | symbol, ...args: unknown[]) => boolean;
-  s.emit = ((event: string | symbol, ...args: unknown[]): boolean => {
+  const target = s as unknown as { emit: Emit };
+  const original = target.emit;
+  const emit: Emit = (event, ...args) => original.call(s, event, ...args);
+  target.emit = (event, ...args) => {
     if (event === 'fds') {
-      // The chunk these came with is pushed next, after what is still buffered.
+      // The chunk these came with is pushed next, after what is still buffered. (An FdSocket that
+      // already orders them itself emits 'fds' past this wrapper, and nothing is held here.)
       held.push({ at: delivered + s.readableLength, fds: args[0] as number[] });
       return true;
     }
@@ -125,7 +130,7 @@ function deliverFdsInOrder(s: sys.FdSocket): void {
       delivered = end;
     }
     return emit(event, ...args);
-  }) as typeof s.emit;
+  };
 }
 
 export class VsockServer {
