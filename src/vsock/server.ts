@@ -100,39 +100,6 @@ async function clearStaleSocket(path: string): Promise<void> {
   fs.rmSync(path, { force: true });
 }
 
-/**
- * Makes an FdSocket announce received fds ('fds') right before the 'data' chunk they arrived with.
- * FdSocket emits 'fds' when recvmsg returns them, but a chunk pushed from inside _read() is
- * delivered later (Readable buffers it), so when several recvmsg calls run in one read loop the
- * fds of a later chunk are announced before an earlier chunk's 'data', and VhostUserBackend gives
- * them to the wrong message (QEMU's vhost-user-vsock set-up hits this every time: "SET_VRING_ADDR
- * came with 4 fds"). Each announcement is held until the stream offset it belongs to is delivered.
- * A workaround until FdSocket does this itself.
- */
-type Emit = (event: string | symbol, ...args: unknown[]) => boolean;
-
-function deliverFdsInOrder(s: sys.FdSocket): void {
-  const held: { at: number; fds: number[] }[] = [];
-  let delivered = 0;
-  const target = s as unknown as { emit: Emit };
-  const original = target.emit;
-  const emit: Emit = (event, ...args) => original.call(s, event, ...args);
-  target.emit = (event, ...args) => {
-    if (event === 'fds') {
-      // The chunk these came with is pushed next, after what is still buffered. (An FdSocket that
-      // already orders them itself emits 'fds' past this wrapper, and nothing is held here.)
-      held.push({ at: delivered + s.readableLength, fds: args[0] as number[] });
-      return true;
-    }
-    if (event === 'data') {
-      const end = delivered + (args[0] as Buffer).length;
-      while (held.length > 0 && (held[0] as { at: number }).at < end) emit('fds', (held.shift() as { fds: number[] }).fds);
-      delivered = end;
-    }
-    return emit(event, ...args);
-  };
-}
-
 export class VsockServer {
   readonly device: VsockDevice;
   private readonly log: VsockLog;
@@ -184,7 +151,6 @@ export class VsockServer {
       this.vmm.destroy();
       this.device.disconnected('the VMM reconnected');
     }
-    deliverFdsInOrder(s);
     this.vmm = s;
     const view = new BackendView(this.device, () => this.vmm === s);
     const be = new VhostUserBackend(s, view, this.log);
