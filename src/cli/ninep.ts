@@ -1,13 +1,18 @@
-// `prism 9p serve|ls|stat|cat|get|put`: the hardened 9P2000.L file server and
-// a small client for scripts and tests.
+// `prism 9p serve|ls|stat|cat|get|put|mount`: the hardened 9P2000.L file server,
+// a small client for scripts and tests, and the kernel client's mount over any address.
 import { Command, InvalidArgumentError } from 'commander';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
+import type { Duplex } from 'node:stream';
 import { PassthroughFs } from '../fs/passthrough.js';
 import { NinePServer } from '../9p/server.js';
 import { NinePClient } from '../9p/client.js';
 import { MIN_MSIZE } from '../9p/session.js';
-import { ADDRESS_GRAMMAR, listen, parseAddress } from '../transport/index.js';
+import { MOUNT_FD, MountOptionError, buildMountOptions, explainMountFailure, mountArgs } from '../9p/mount.js';
+import { ADDRESS_GRAMMAR, dial, formatAddress, listen, parseAddress } from '../transport/index.js';
+import { FdSocket, socketInfo } from '../sys/index.js';
 import { UsageError } from './errors.js';
 import { createLogger } from './log.js';
 
@@ -102,6 +107,110 @@ async function withClient<T>(addr: string, opts: ClientCliOptions, fn: (c: NineP
   }
 }
 
+interface MountCliOptions {
+  options?: string[];
+  timeout: number;
+}
+
+function secondsArg(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0 || n > 3600) throw new InvalidArgumentError('must be a number of seconds from 0 to 3600');
+  return n;
+}
+
+/** The kernel socket under a dialled connection, to hand to mount(8); null if there is none. */
+function connectionFd(stream: Duplex): number | null {
+  if (stream instanceof FdSocket) return stream.fd; // vsock, and inherited vsock fds
+  if (stream instanceof net.Socket) {
+    // tcp, unix, hvsock, inherited unix/inet fds: Node keeps the fd on the libuv handle and has
+    // no public accessor for it. A handle without one (another platform) gets the refusal below.
+    const fd = (stream as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : null;
+  }
+  return null;
+}
+
+/**
+ * Dials ADDR and mounts it with the kernel's 9p client on that connection: mount(8) gets the
+ * socket as its fd 3 and `-o trans=fd,rfdno=3,wfdno=3`. Once mount(2) returns, the kernel holds
+ * the socket; prism keeps no part of it and exits.
+ */
+async function mount(addr: string, mountpoint: string, opts: MountCliOptions): Promise<void> {
+  const log = createLogger();
+  let options: string;
+  try {
+    options = buildMountOptions(opts.options ?? []);
+  } catch (e) {
+    throw e instanceof MountOptionError ? new UsageError(e.message) : e;
+  }
+  const source = formatAddress(parseAddress(addr));
+  const target = path.resolve(mountpoint);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(target);
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'ENOENT') throw new UsageError(`the mountpoint ${target} does not exist: create it first (mkdir -p ${target})`);
+    throw new UsageError(`cannot use ${target} as the mountpoint: ${code ?? String(e)}`);
+  }
+  if (!st.isDirectory()) throw new UsageError(`the mountpoint ${target} is not a directory`);
+
+  const timeoutMs = opts.timeout * 1000;
+  const stream = await dial(source, { timeoutMs });
+  let fd: number | null;
+  try {
+    fd = connectionFd(stream);
+    if (fd === null) throw new Error(`cannot mount ${source}: its connection is not a kernel socket that prism can hand to the 9p client (trans=fd)`);
+    const info = socketInfo(fd);
+    if (info.type !== 'stream' || info.listening) throw new Error(`cannot mount ${source}: its fd ${fd} is not a connected stream socket`);
+    // A 9P server waits for the client's Tversion; bytes before it mean this is no 9P server.
+    if (stream.readableLength > 0) {
+      throw new Error(`cannot mount ${source} on ${target}: the server sent ${stream.readableLength} bytes before the client spoke; a 9P2000.L server waits for Tversion`);
+    }
+  } catch (e) {
+    stream.destroy();
+    throw e;
+  }
+  log.debug({ address: source, fd, mountpoint: target, options }, 'running mount');
+  const child = spawn('mount', mountArgs(source, target, options), { stdio: ['ignore', 'pipe', 'pipe', fd] });
+  // mount has its own copy of the connection (or failed to start). Ours goes now, before the
+  // server's first answer can arrive: Node would otherwise read it instead of the kernel.
+  stream.destroy();
+  let output = '';
+  child.stdout?.setEncoding('utf8').on('data', (t: string) => (output += t));
+  child.stderr?.setEncoding('utf8').on('data', (t: string) => (output += t));
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill('SIGKILL');
+  }, timeoutMs);
+  const [status, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+    child.once('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      const why = e.code === 'ENOENT' ? 'there is no mount program on PATH: install util-linux (mount) or busybox' : `cannot run mount: ${e.message}`;
+      reject(new Error(`cannot mount ${source} on ${target}: ${why}`));
+    });
+    child.once('close', (code, sig) => {
+      clearTimeout(timer);
+      resolve([code, sig]);
+    });
+  });
+  if (status !== 0 || timedOut) {
+    throw new Error(
+      explainMountFailure({
+        address: source,
+        mountpoint: target,
+        status,
+        signal,
+        output,
+        isRoot: process.getuid?.() === 0,
+        ...(timedOut ? { timedOutAfterSec: opts.timeout } : {}),
+      }),
+    );
+  }
+  log.info({ address: source, mountpoint: target, options }, '9p mounted');
+}
+
 const TYPE_CHAR: Record<number, string> = { 4: 'd', 10: 'l', 8: '-', 1: 'p', 2: 'c', 6: 'b', 12: 's' };
 
 export function ninepCommand(): Command {
@@ -168,6 +277,23 @@ the export root.`,
         await c.write(p, src as AsyncIterable<Buffer>);
       }),
   );
+  cmd
+    .command('mount')
+    .description('mount a 9P2000.L server with the kernel 9p client on the connection prism dials (trans=fd)')
+    .argument('<address>', 'where the server is: vsock:CID:PORT, hvsock:UDS:PORT, unix:PATH, tcp:HOST:PORT or fd:N')
+    .argument('<mountpoint>', 'an existing directory')
+    .option('-o, --options <list>', '9p mount options, comma-separated (repeatable): msize, cache, aname, uname, access, debug, ro, ...', collect)
+    .option('--timeout <seconds>', 'give up connecting, and stop mount if the server does not answer, after this long', secondsArg, 30)
+    .addHelpText(
+      'after',
+      `
+Runs mount(8) (util-linux or busybox) as
+  mount -t 9p -o trans=fd,rfdno=${MOUNT_FD},wfdno=${MOUNT_FD},version=9p2000.L,msize=524288,OPTIONS ADDRESS MOUNTPOINT
+with the dialled socket as its fd ${MOUNT_FD}; the kernel keeps the socket and prism exits. Needs root
+and the 9p and 9pnet_fd modules (modprobe 9p 9pnet_fd). trans, rfdno, wfdno, port and privport
+are prism's to set; version can only be 9p2000.L. Unmount with umount MOUNTPOINT.`,
+    )
+    .action((addr: string, mountpoint: string, opts: MountCliOptions) => mount(addr, mountpoint, opts));
   return cmd;
 }
 
