@@ -239,9 +239,14 @@ async function baseInitrd(path: string): Promise<Buffer> {
   return baseCache.data;
 }
 
-function chardevSocket(id: string, path: string, server: boolean): string {
+/**
+ * QEMU's socket chardev. As a server it either starts at once (`wait=off`: virtio-serial ports) or,
+ * for vhost-user devices, waits for the backend before realizing devices (`wait=on`): a
+ * vhost-user-vsock-pci realized with no backend fails ("vhost_backend_init failed").
+ */
+function chardevSocket(id: string, path: string, server: 'no' | 'nowait' | 'wait'): string {
   if (path.includes(',')) throw new Error(`socket path must not contain a comma: ${path}`);
-  return `socket,id=${id},path=${path}${server ? ',server=on,wait=off' : ''}`;
+  return `socket,id=${id},path=${path}${server === 'no' ? '' : `,server=on,wait=${server === 'wait' ? 'on' : 'off'}`}`;
 }
 
 /** QEMU's arguments for the given options (exported for tests and debugging). */
@@ -265,13 +270,13 @@ export function qemuArgs(opts: GuestOptions, lab: LabPaths, initrd: string): str
     args.push('-device', 'virtio-serial-pci,id=vser0');
     ports.forEach((p, i) => {
       if (!/^[A-Za-z0-9._-]+$/.test(p.name)) throw new Error(`bad virtio-serial port name: ${p.name}`);
-      args.push('-chardev', chardevSocket(`vport${i}`, p.path, p.server === true));
+      args.push('-chardev', chardevSocket(`vport${i}`, p.path, p.server === true ? 'nowait' : 'no'));
       args.push('-device', `virtserialport,bus=vser0.0,chardev=vport${i},name=${p.name}`);
     });
   }
   vhost.forEach((d, i) => {
     const chr = `vu${i}`;
-    args.push('-chardev', chardevSocket(chr, d.socket, d.server === true));
+    args.push('-chardev', chardevSocket(chr, d.socket, d.server === true ? 'wait' : 'no'));
     const vectors = (v: number | undefined): string => (v === undefined ? '' : `,vectors=${v}`);
     switch (d.kind) {
       case 'net':

@@ -8,13 +8,15 @@
 //
 // Choices (vhost-user.rst leaves them to the backend):
 // - Listening, a second connection replaces the first: the newest VMM is the
-//   live one (a restarted QEMU whose old process has not yet been reaped).
+//   live one (a restarted QEMU whose old process has not yet been reaped). The
+//   old connection's late ring stops no longer reach the device.
 // - Connecting, prism retries every `retryMs` (default 1 s) while the socket
 //   is absent or refuses, and again after each disconnect; the first failure
 //   of a run of failures is logged, not every retry.
 import * as fs from 'node:fs';
 import * as sys from '../sys/index.js';
 import { VhostUserBackend, type BackendLog, type VhostUserDevice } from './backend.js';
+import type { SplitVirtqueue } from './virtqueue.js';
 
 export type EndpointMode = 'listen' | 'connect';
 
@@ -26,6 +28,45 @@ export interface EndpointOptions {
   log?: BackendLog;
   /** connect mode: delay between attempts (ms). */
   retryMs?: number;
+  /** A VMM connection ended: it closed ('closed') or a newer one took its place ('replaced'). */
+  onSessionEnd?: (why: 'closed' | 'replaced') => void;
+}
+
+/**
+ * The device as one VMM connection sees it. When a newer connection replaces this one, the old
+ * backend still stops its rings as it winds down; those late calls must not reach the device the
+ * new connection is driving.
+ */
+class SessionDevice implements VhostUserDevice {
+  readonly features: bigint;
+  readonly protocolFeatures?: bigint;
+  readonly featureTable?: Readonly<Record<string, number>>;
+  readonly queueCount: number;
+  readonly readConfig?: (offset: number, size: number) => Buffer | null;
+
+  constructor(
+    private readonly device: VhostUserDevice,
+    private readonly current: () => boolean,
+  ) {
+    this.features = device.features;
+    this.queueCount = device.queueCount;
+    if (device.protocolFeatures !== undefined) this.protocolFeatures = device.protocolFeatures;
+    if (device.featureTable !== undefined) this.featureTable = device.featureTable;
+    const read = device.readConfig?.bind(device);
+    if (read) this.readConfig = read;
+  }
+
+  startQueue(index: number, q: SplitVirtqueue, notify: () => void): void {
+    if (this.current()) this.device.startQueue(index, q, notify);
+  }
+
+  kick(index: number): void {
+    if (this.current()) this.device.kick(index);
+  }
+
+  stopQueue(index: number): void {
+    if (this.current()) this.device.stopQueue(index);
+  }
 }
 
 export class VhostUserEndpoint {
@@ -113,8 +154,12 @@ export class VhostUserEndpoint {
     if (this.stream) {
       this.log('info', 'a new VMM connection replaces the old one');
       this.stream.destroy();
+      // The old backend unmaps its memory as it winds down, and its ring stops will be ignored:
+      // stop every ring of the device now, so nothing touches that memory again.
+      for (let i = 0; i < this.device.queueCount; i++) this.device.stopQueue(i);
+      this.opts.onSessionEnd?.('replaced');
     }
-    const be = new VhostUserBackend(s, this.device, this.log);
+    const be = new VhostUserBackend(s, new SessionDevice(this.device, () => this.stream === s), this.log);
     this.stream = s;
     this.current = be;
     this.sessions += 1;
@@ -123,6 +168,7 @@ export class VhostUserEndpoint {
       if (this.current !== be) return;
       this.current = null;
       this.stream = null;
+      this.opts.onSessionEnd?.('closed');
       if (this.opts.mode === 'connect') this.retry();
     });
   }

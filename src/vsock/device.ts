@@ -51,8 +51,11 @@ export interface VsockEndpoint {
   connect(port: number, from: { cid: number; port: number }): Promise<Duplex>;
 }
 
-/** The device's routing: the endpoint serving a destination CID, or null (refused with RST). */
-export type VsockRouter = (dstCid: number) => VsockEndpoint | null;
+/**
+ * The device's routing and policy: the endpoint serving a guest's connection to dstCid:dstPort, or
+ * null to refuse it (the guest gets RST).
+ */
+export type VsockRouter = (dstCid: number, dstPort: number) => VsockEndpoint | null;
 
 export type VsockLog = (level: 'info' | 'warn' | 'debug', msg: string, fields?: Record<string, unknown>) => void;
 
@@ -495,10 +498,10 @@ export class VsockDevice implements VhostUserDevice {
   }
 
   private guestRequest(h: VsockHeader): void {
-    const ep = this.closed ? null : this.route(h.dstCid);
+    const ep = this.closed ? null : this.route(h.dstCid, h.dstPort);
     if (!ep) {
       this.counters.connectionsRefused++;
-      this.drop('no-route', `no route to CID ${h.dstCid}`, h);
+      this.drop('no-route', `no route to CID ${h.dstCid} port ${h.dstPort}`, h);
       this.log('info', 'guest connection refused: no route', { packet: describeHeader(h) });
       this.queueRst(h);
       return;

@@ -8,25 +8,36 @@
 // - a host program connects to UDS and writes `CONNECT P\n`; once the guest accepts, it reads
 //   `OK <host port>\n` and the stream is the connection. If the guest refuses (or does not answer in
 //   time) the stream is closed without an answer.
-// One VMM connection at a time: a new one replaces the old (a restarted VMM), as the net switch does.
+// - a guest connecting to another VM's CID C port P is let through only if an --allow rule names
+//   C and P; prism then dials the peer VM's own hybrid socket (`CONNECT P` on peers[C]), so no two
+//   VMs' backends share memory. The peer guest sees the connection come from the host (CID 2): the
+//   hybrid handshake carries no source CID.
+// One VMM connection at a time (src/vhost/endpoint.ts): a new one replaces the old (a restarted
+// VMM), and in client mode (`connect`) prism connects to a VMM that listens, and reconnects.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Cid, MAX_CONNECT_LINE, encodeOk, parseConnect } from '../codecs/vsock/index.js';
-import * as sys from '../sys/index.js';
 import { dial, listen, type Listener } from '../transport/index.js';
-import { VhostUserBackend, type VhostUserDevice } from '../vhost/backend.js';
-import type { SplitVirtqueue } from '../vhost/virtqueue.js';
+import { VhostUserEndpoint } from '../vhost/endpoint.js';
 import { VsockDevice, type VsockDeviceOptions, type VsockEndpoint, type VsockLog, type VsockRouter } from './device.js';
 
 export interface VsockServerOptions {
-  /** The vhost-user socket the VMM connects to. */
+  /** The vhost-user socket: the VMM connects to it, or with `connect`, listens on it. */
   socket: string;
+  /** Client mode: the VMM listens on `socket` (QEMU server=on) and prism connects, and reconnects. */
+  connect?: boolean;
+  /** Client mode: delay between connection attempts (ms). */
+  retryMs?: number;
   /** The guest's CID. */
   cid: number;
   /** The hybrid socket: host programs connect here; guests' connections to port P go to UDS_P. */
   uds: string;
-  /** Routes for destination CIDs other than 2 (VM-to-VM, later); default: none (refused). */
+  /** Other VMs' hybrid sockets by CID: a guest reaches peer CID C through `CONNECT P` on peers[C]. */
+  peers?: Record<number, string>;
+  /** Which VM-to-VM connections are allowed (default deny): this guest to `to`, port `port` or any. */
+  allow?: VsockAllow[];
+  /** Routes for other destination CIDs, consulted after the host and the peers; default: none. */
   route?: VsockRouter;
   /** Device limits and buffer sizes. */
   device?: Omit<VsockDeviceOptions, 'guestCid' | 'route' | 'log'>;
@@ -39,6 +50,13 @@ export interface VsockServerOptions {
   log?: VsockLog;
 }
 
+/** `--allow FROM:TO:PORT`: a guest with CID `from` may connect to CID `to` on `port` ('*': any). */
+export interface VsockAllow {
+  from: number;
+  to: number;
+  port: number | '*';
+}
+
 export interface VsockServerStatus {
   socket: string;
   uds: string;
@@ -46,37 +64,9 @@ export interface VsockServerStatus {
   vmmConnected: boolean;
   counters: VsockDevice['counters'];
   handshakesRefused: number;
+  /** Guest connections to a peer VM that no --allow rule lets through. */
+  policyDenied: number;
   connections: ReturnType<VsockDevice['connections']>;
-}
-
-/**
- * The device as one backend connection sees it: while a newer VMM connection has replaced this one,
- * the old backend's late ring stops must not touch the device.
- */
-class BackendView implements VhostUserDevice {
-  readonly features: bigint;
-  readonly queueCount: number;
-  readonly featureTable: Readonly<Record<string, number>>;
-  constructor(
-    private readonly device: VsockDevice,
-    private readonly current: () => boolean,
-  ) {
-    this.features = device.features;
-    this.queueCount = device.queueCount;
-    this.featureTable = device.featureTable;
-  }
-  readConfig(offset: number, size: number): Buffer | null {
-    return this.device.readConfig(offset, size);
-  }
-  startQueue(index: number, q: SplitVirtqueue, notify: () => void): void {
-    if (this.current()) this.device.startQueue(index, q, notify);
-  }
-  kick(index: number): void {
-    if (this.current()) this.device.kick(index);
-  }
-  stopQueue(index: number): void {
-    if (this.current()) this.device.stopQueue(index);
-  }
 }
 
 /** Removes a Unix socket file nobody answers on; refuses to touch a live one or a non-socket. */
@@ -103,12 +93,11 @@ async function clearStaleSocket(path: string): Promise<void> {
 export class VsockServer {
   readonly device: VsockDevice;
   private readonly log: VsockLog;
-  private vmmListener: sys.FdListener | null = null;
+  private readonly endpoint: VhostUserEndpoint;
   private hybrid: Listener | null = null;
-  private backend: VhostUserBackend | null = null;
-  private vmm: sys.FdSocket | null = null;
   private handshakes = new Set<Duplex>();
   private handshakesRefused = 0;
+  private policyDenied = 0;
   private closed = false;
 
   constructor(private readonly opts: VsockServerOptions) {
@@ -118,51 +107,60 @@ export class VsockServer {
       connect: (port) => dial({ kind: 'unix', path: `${opts.uds}_${port}` }, { timeoutMs: hostConnectTimeoutMs }),
     };
     const extra = opts.route;
+    const peers = new Map<number, VsockEndpoint>();
+    for (const [cidText, uds] of Object.entries(opts.peers ?? {})) {
+      const cid = Number(cidText);
+      if (cid === opts.cid || cid === Cid.HOST) throw new Error(`--peer ${cid}=${uds}: a peer must be another VM's CID, not ${cid === Cid.HOST ? 'the host' : 'this guest'}`);
+      // The peer's own hybrid socket: its prism (or cloud-hypervisor) connects us to its guest.
+      peers.set(cid, { connect: (port) => dial({ kind: 'hvsock', path: uds, port }, { timeoutMs: hostConnectTimeoutMs }) });
+    }
+    for (const a of opts.allow ?? []) {
+      if (a.from !== opts.cid) throw new Error(`--allow ${a.from}:${a.to}:${a.port}: this device serves CID ${opts.cid}, so the rule can never apply`);
+      if (!peers.has(a.to)) throw new Error(`--allow ${a.from}:${a.to}:${a.port}: CID ${a.to} has no --peer ${a.to}=UDS`);
+    }
+    const allowed = (to: number, port: number): boolean => (opts.allow ?? []).some((a) => a.to === to && (a.port === '*' || a.port === port));
     this.device = new VsockDevice({
       ...opts.device,
       guestCid: opts.cid,
       hostConnectTimeoutMs: opts.device?.hostConnectTimeoutMs ?? hostConnectTimeoutMs + 1000,
-      route: (cid) => (cid === Cid.HOST ? host : (extra?.(cid) ?? null)),
+      route: (cid, port) => {
+        if (cid === Cid.HOST) return host;
+        const peer = peers.get(cid);
+        if (!peer) return extra?.(cid, port) ?? null;
+        if (allowed(cid, port)) return peer;
+        this.policyDenied++;
+        this.log('warn', `guest ${opts.cid} -> ${cid}:${port} denied by policy (no --allow ${opts.cid}:${cid}:${port})`);
+        return null;
+      },
       log: this.log,
     });
+    this.endpoint = new VhostUserEndpoint(
+      {
+        path: opts.socket,
+        mode: opts.connect ? 'connect' : 'listen',
+        log: this.log,
+        ...(opts.retryMs === undefined ? {} : { retryMs: opts.retryMs }),
+        onSessionEnd: (why) => {
+          this.device.disconnected(why === 'replaced' ? 'the VMM reconnected' : 'the VMM disconnected');
+          this.log('info', 'VMM session ended', { why, counters: this.device.counters });
+        },
+      },
+      this.device,
+    );
   }
 
-  /** Listens on the vhost-user socket and on the hybrid socket. */
+  /** Listens on (or connects to) the vhost-user socket, and listens on the hybrid socket. */
   async start(): Promise<void> {
-    await clearStaleSocket(this.opts.socket);
-    const l = sys.listenUnix(this.opts.socket);
-    this.vmmListener = l;
-    l.on('connection', (s: sys.FdSocket) => this.attachVmm(s));
-    l.on('error', (e: Error) => this.log('warn', `vhost-user socket: accept failed: ${e.message}`));
-    try {
-      this.hybrid = await listen({ kind: 'unix', path: this.opts.uds });
-    } catch (e) {
-      l.close();
-      fs.rmSync(this.opts.socket, { force: true });
-      throw e;
-    }
+    if (!this.opts.connect) await clearStaleSocket(this.opts.socket);
+    this.hybrid = await listen({ kind: 'unix', path: this.opts.uds });
     this.hybrid.on('connection', ({ stream }) => this.handshake(stream));
     this.hybrid.on('error', (e) => this.log('warn', `hybrid socket: accept failed: ${e.message}`));
-  }
-
-  private attachVmm(s: sys.FdSocket): void {
-    if (this.vmm) {
-      this.log('info', 'a new VMM connection replaces the old one');
-      this.vmm.destroy();
-      this.device.disconnected('the VMM reconnected');
+    try {
+      this.endpoint.start();
+    } catch (e) {
+      await this.hybrid.close();
+      throw e;
     }
-    this.vmm = s;
-    const view = new BackendView(this.device, () => this.vmm === s);
-    const be = new VhostUserBackend(s, view, this.log);
-    this.backend = be;
-    this.log('info', 'VMM connected', { socket: this.opts.socket, cid: this.opts.cid });
-    void be.finished.then(() => {
-      if (this.vmm !== s) return;
-      this.vmm = null;
-      this.backend = null;
-      this.device.disconnected('the VMM disconnected');
-      this.log('info', 'VMM disconnected', { counters: this.device.counters });
-    });
   }
 
   /** Reads a host program's `CONNECT <port>\n`, then hands the stream to the device. */
@@ -235,9 +233,10 @@ export class VsockServer {
       socket: this.opts.socket,
       uds: this.opts.uds,
       cid: this.opts.cid,
-      vmmConnected: this.vmm !== null,
+      vmmConnected: this.endpoint.backend !== null,
       counters: this.device.counters,
       handshakesRefused: this.handshakesRefused,
+      policyDenied: this.policyDenied,
       connections: this.device.connections(),
     };
   }
@@ -249,10 +248,6 @@ export class VsockServer {
     this.handshakes.clear();
     this.device.close();
     await this.hybrid?.close();
-    this.vmmListener?.close();
-    fs.rmSync(this.opts.socket, { force: true });
-    const be = this.backend;
-    this.vmm?.destroy();
-    if (be) await be.finished;
+    await this.endpoint.close();
   }
 }
