@@ -194,6 +194,12 @@ export interface GuestOptions {
   append?: string;
   /** Appended to QEMU's arguments. */
   extraArgs?: string[];
+  /**
+   * Let the guest reboot: QEMU runs without -no-reboot, so `reboot -f` boots the same kernel and
+   * initramfs again and /test.sh runs a second time (it must learn which run it is from outside).
+   * Default false: a reboot ends QEMU. With it, a kernel panic (panic=-1) reboots until timeoutMs.
+   */
+  reboot?: boolean;
   /** Wall-clock limit; default 120 s. On expiry QEMU is killed and timedOut is true. */
   timeoutMs?: number;
   /** Aborting kills QEMU and rejects with an AbortError. */
@@ -255,7 +261,7 @@ export function qemuArgs(opts: GuestOptions, lab: LabPaths, initrd: string): str
   const vhost = opts.vhostUser ?? [];
   const shared = vhost.length > 0 || opts.sharedMemory === true;
   const append = opts.append ? `${BASE_APPEND} ${opts.append}` : BASE_APPEND;
-  const args = ['-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot'];
+  const args = ['-nodefaults', '-no-user-config', '-display', 'none', ...(opts.reboot === true ? [] : ['-no-reboot'])];
   args.push('-accel', 'tcg', '-cpu', opts.cpu ?? 'max', '-smp', '1', '-m', `${mem}M`);
   if (shared) {
     args.push('-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`);
