@@ -140,6 +140,7 @@ modules=(
   vhci-hcd usbip-core usbcore usb-common usbhid hid hid-generic usb-storage sd_mod scsi_mod
   vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback
   fuse virtiofs
+  virtio_blk ext4
 )
 
 stage=$(mktemp -d "$lab/stage.XXXXXX")

@@ -56,6 +56,8 @@ export interface HostNodeOptions extends Omit<GuestOptions, 'script'> {
   cwd?: string;
   /** Shell run in the guest (outside the chroot) before node starts. */
   before?: string;
+  /** Shell run in the guest (outside the chroot) after node exits; the result is still node's. */
+  after?: string;
 }
 
 /** Exit codes of runHostNode's guest script when it fails before node runs. */
@@ -69,7 +71,7 @@ export const HOST_NODE_SETUP_EXIT = { mount9p: 120, noMountPoint: 121, mountSpec
  * kernel. The result's exit code is node's. Default guest RAM 1024 MiB.
  */
 export function runHostNode(opts: HostNodeOptions): Promise<GuestResult> {
-  const { args, cwd = REPO_ROOT, before = '', ...guest } = opts;
+  const { args, cwd = REPO_ROOT, before = '', after = '', ...guest } = opts;
   const tag = 'hostroot';
   const command = ['cd', shellQuote(cwd), '&&', 'exec', ...[process.execPath, ...args].map(shellQuote)].join(' ');
   const e = HOST_NODE_SETUP_EXIT;
@@ -89,6 +91,7 @@ echo "host-node: start $(cut -d' ' -f1 /proc/uptime)"
 chroot /host /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 /bin/sh -c ${shellQuote(command)}
 rc=$?
 echo "host-node: exit $rc $(cut -d' ' -f1 /proc/uptime)"
+${after}
 exit $rc`;
   return runGuest({
     memoryMiB: 1024,
