@@ -282,7 +282,7 @@ the export root.`,
     .description('mount a 9P2000.L server with the kernel 9p client on the connection prism dials (trans=fd)')
     .argument('<address>', 'where the server is: vsock:CID:PORT, hvsock:UDS:PORT, unix:PATH, tcp:HOST:PORT or fd:N')
     .argument('<mountpoint>', 'an existing directory')
-    .option('-o, --options <list>', '9p mount options, comma-separated (repeatable): msize, cache, aname, uname, access, debug, ro, ...', collect)
+    .option('-o, --options <list>', '9p mount options, comma-separated (repeatable): msize, cache, aname, uname, access, debug, ro, ...', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--timeout <seconds>', 'give up connecting, and stop mount if the server does not answer, after this long', secondsArg, 30)
     .addHelpText(
       'after',
