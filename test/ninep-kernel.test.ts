@@ -30,6 +30,7 @@ import { Errno } from '../src/fs/errors.js';
 import { PassthroughFs } from '../src/fs/passthrough.js';
 import { listen } from '../src/transport/index.js';
 import * as sys from '../src/sys/index.js';
+import { VsockServer } from '../src/vsock/server.js';
 import { LAB_SETUP_HINT, REPO_ROOT, guestTail, requireLab, runGuest, type GuestResult } from './helpers/lab.js';
 
 const execFileP = promisify(execFile);
@@ -48,6 +49,8 @@ const BIG_MIB: Record<Mode, number> = { none: 64, loose: 16 };
  * msize: 8 MiB written back took 7.3 s at msize 512 KiB and 3.5 s at 64 KiB (diod, which caps msize
  * at 64 KiB: 2.8 s). So cache=loose mounts with 64 KiB, which keeps this file's run time reasonable.
  */
+/** The vsock port the guest mounts from (the 9P convention, as diod and QEMU use it). */
+const VSOCK_PORT = 564;
 const MSIZE: Record<Mode, number> = { none: 512 * 1024, loose: 64 * 1024 };
 const GUEST_TIMEOUT_MS = 180_000;
 /** 2001-02-03 04:05:06 UTC, what the guest's `touch -d` sets. */
@@ -199,11 +202,20 @@ interface GuestRun {
 }
 
 let tmpRoots: string[] = [];
-let run: Promise<GuestRun> | undefined;
+/**
+ * How the guest reaches the server: two virtio-serial ports bridged to the server's Unix socket, or
+ * prism's vhost-user-vsock device (the guest connects to CID 2 port 564, which the device carries
+ * to the Unix socket UDS_564 where the server listens; each mount is trans=fd on its own AF_VSOCK
+ * socket).
+ */
+type Transport = 'virtio-serial' | 'vsock';
+const runs = new Map<Transport, Promise<GuestRun>>();
 
-/** Boots the guest once against one `prism 9p serve`; every test of the suite shares the outcome. */
-function guestRun(): Promise<GuestRun> {
-  run ??= (async () => {
+/** Boots the guest once per transport against one `prism 9p serve`; every test of a suite shares the outcome. */
+function guestRun(transport: Transport = 'virtio-serial'): Promise<GuestRun> {
+  const existing = runs.get(transport);
+  if (existing) return existing;
+  const run = (async () => {
     requireLab();
     const { root, exportDir } = makeExport('prism-9k-');
     tmpRoots.push(root);
@@ -216,11 +228,14 @@ function guestRun(): Promise<GuestRun> {
     }
     const xattrs = await userXattrs(exportDir);
     const sock = path.join(root, '9p.sock');
-    const server = await serve(exportDir, `unix:${sock}`);
+    const uds = path.join(root, 'vsock.sock');
+    const device = transport === 'vsock' ? new VsockServer({ socket: path.join(root, 'vu.sock'), cid: 3, uds }) : null;
+    await device?.start();
+    const server = await serve(exportDir, transport === 'vsock' ? `unix:${uds}_${VSOCK_PORT}` : `unix:${sock}`);
     let guest: GuestResult;
     try {
       const vars = [`MSIZE_NONE=${MSIZE.none}`, `MSIZE_LOOSE=${MSIZE.loose}`, `BIG_MIB_NONE=${BIG_MIB.none}`, `BIG_MIB_LOOSE=${BIG_MIB.loose}`, `XATTRS=${xattrs ? 'ok' : 'unsupported'}`, `SERVER_ROOT=${SERVER_ROOT ? 1 : 0}`];
-      vars.push('PROBE=/opt/prism/ninep-probe', 'FLOCK=/opt/prism/flock');
+      vars.push('PROBE=/opt/prism/ninep-probe', 'FLOCK=/opt/prism/flock', `TRANSPORT=${transport}`, `VSOCK_PORT=${VSOCK_PORT}`);
       guest = await runGuest({
         script: `${vars.join('\n')}\n${fs.readFileSync(path.join(REPO_ROOT, 'test/fixtures/ninep-kernel.sh'), 'utf8')}`,
         files: [
@@ -228,18 +243,24 @@ function guestRun(): Promise<GuestRun> {
           { path: '/opt/prism/flock', data: fs.readFileSync(which('flock')), mode: 0o755 },
         ],
         // Two ports, two connections to the one server (a virtio port opens once; a mount is one connection).
-        serialPorts: [
-          { name: 'p9none', path: sock },
-          { name: 'p9loose', path: sock },
-        ],
+        ...(device
+          ? { vhostUser: [{ kind: 'vsock' as const, socket: path.join(root, 'vu.sock') }] }
+          : {
+              serialPorts: [
+                { name: 'p9none', path: sock },
+                { name: 'p9loose', path: sock },
+              ],
+            }),
         timeoutMs: GUEST_TIMEOUT_MS,
         ...(process.env['PRISM_LAB_CONSOLE'] ? { onConsole: (t: string) => process.stderr.write(t) } : {}),
       });
     } finally {
       await server.stop();
+      await device?.close();
     }
     return { guest, report: parseReport(guest.console), exportDir, xattrs, serverExit: await server.stop(), serverStderr: server.stderr() };
   })();
+  runs.set(transport, run);
   return run;
 }
 
@@ -395,6 +416,34 @@ async function rawExchange(sockPath: string, frames: Buffer[]): Promise<Rmessage
   }
   return replies;
 }
+
+describe("the same workload with the guest's 9p client on AF_VSOCK sockets through prism's vsock device (trans=fd)", () => {
+  for (const mode of MODES) {
+    it(`cache=${mode}: every step of the POSIX workload passes over vsock`, async (t) => {
+      const r = await guestRun('vsock');
+      assert.equal(r.guest.timedOut, false, `the guest timed out\n${guestTail(r.guest)}`);
+      assert.ok(
+        r.report.mounts.some((m) => m.includes(` /mnt/${mode} 9p `) && m.includes('trans=fd')),
+        `no trans=fd 9p mount on /mnt/${mode}: ${JSON.stringify(r.report.mounts)}\n${failuresOf(r, mode)}`,
+      );
+      assert.equal(r.report.result.shared, 'ok', `creating the 1000-entry directory failed:\n${failuresOf(r, 'shared')}`);
+      assert.equal(r.report.result[mode], 'ok', `the cache=${mode} workload failed:\n${failuresOf(r, mode)}`);
+      const dd = r.report.dd[mode];
+      t.diagnostic(`vsock cache=${mode} msize ${MSIZE[mode]}: dd write ${dd?.write}; dd read ${dd?.read}`);
+    });
+  }
+
+  it('locks across the two vsock connections, and the big files byte for byte on the host', async () => {
+    const r = await guestRun('vsock');
+    assert.equal(r.report.result.cross, 'ok', `the cross-mount checks failed:\n${failuresOf(r, 'cross')}`);
+    for (const m of MODES) {
+      const onHost = sha256(path.join(r.exportDir, `w-${m}`, 'big'));
+      assert.equal(onHost, r.report.sourceSha256[m], `host sha256 of w-${m}/big vs the guest's source`);
+      assert.equal(r.report.sha256[m], onHost, `the guest's read-back through cache=${m}`);
+    }
+    assert.equal(r.serverExit, 0, r.serverStderr);
+  });
+});
 
 describe("diod's client tools (diodls, diodcat) against prism 9p serve", () => {
   let root = '';
