@@ -5,7 +5,7 @@
 // checksum it never computed. MRG_RXBUF lets a frame span several receive
 // buffers.
 import type { VhostUserDevice } from '../vhost/backend.js';
-import { QueueBroken, type DescriptorChain, type SplitVirtqueue } from '../vhost/virtqueue.js';
+import { QueueBroken, scatter, type DescriptorChain, type SplitVirtqueue } from '../vhost/virtqueue.js';
 import { VirtioNetFeature, featureMask } from '../codecs/vhost-user/index.js';
 import { ETH_MAX, type Switch } from './switch.js';
 
@@ -29,23 +29,6 @@ function gather(chain: DescriptorChain): Uint8Array {
   return out;
 }
 
-/** Copies `src` into the writable buffers of `chain` from byte `skip`; returns bytes written. */
-function scatter(chain: DescriptorChain, src: Uint8Array, skip: number): number {
-  let written = 0;
-  let pos = skip;
-  for (const b of chain.writable) {
-    if (pos >= b.length) {
-      pos -= b.length;
-      continue;
-    }
-    const n = Math.min(b.length - pos, src.length - written);
-    b.set(src.subarray(written, written + n), pos);
-    written += n;
-    pos = 0;
-    if (written === src.length) break;
-  }
-  return written;
-}
 
 export class NetPort implements VhostUserDevice {
   readonly features = featureMask(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, 28 /* INDIRECT_DESC */, 29 /* EVENT_IDX */);

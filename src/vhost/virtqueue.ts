@@ -239,3 +239,21 @@ export class SplitVirtqueue {
     this.used.view.setUint16(this.used.offset, wanted ? flags & ~VIRTQ_USED_F_NO_NOTIFY : flags | VIRTQ_USED_F_NO_NOTIFY, true);
   }
 }
+
+/** Copies `src` into the writable buffers of `chain`, starting `at` bytes in; returns the bytes written. */
+export function scatter(chain: DescriptorChain, src: Uint8Array, at: number): number {
+  let written = 0;
+  let pos = at;
+  for (const b of chain.writable) {
+    if (written === src.length) break;
+    if (pos >= b.length) {
+      pos -= b.length;
+      continue;
+    }
+    const n = Math.min(b.length - pos, src.length - written);
+    b.set(src.subarray(written, written + n), pos);
+    written += n;
+    pos = 0;
+  }
+  return written;
+}

@@ -35,7 +35,7 @@ import {
   decodePacket, describeHeader, encodeConfig, encodeEvent, encodeHeader, opName, type VsockHeader, type VsockDecodeReason,
 } from '../codecs/vsock/index.js';
 import type { VhostUserDevice } from '../vhost/backend.js';
-import { QueueBroken, type DescriptorChain, type SplitVirtqueue } from '../vhost/virtqueue.js';
+import { QueueBroken, scatter, type SplitVirtqueue } from '../vhost/virtqueue.js';
 import { DEFAULT_BUF_ALLOC, DEFAULT_HOST_QUEUE_LIMIT, VsockConnection, type ConnectionCounters, type HostAction, type OutgoingPacket } from './connection.js';
 
 export const VIRTIO_F_VERSION_1 = 32;
@@ -172,24 +172,6 @@ const RETRY_MS = 50;
 
 function keyOf(localCid: number, localPort: number, peerCid: number, peerPort: number): string {
   return `${localCid}:${localPort}/${peerCid}:${peerPort}`;
-}
-
-/** Copies `src` into the writable buffers of `chain` starting at byte `at` of them; returns bytes written. */
-function scatter(chain: DescriptorChain, src: Uint8Array, at: number): number {
-  let written = 0;
-  let pos = at;
-  for (const b of chain.writable) {
-    if (written === src.length) break;
-    if (pos >= b.length) {
-      pos -= b.length;
-      continue;
-    }
-    const n = Math.min(b.length - pos, src.length - written);
-    b.set(src.subarray(written, written + n), pos);
-    written += n;
-    pos = 0;
-  }
-  return written;
 }
 
 export class VsockDevice implements VhostUserDevice {
