@@ -3,16 +3,14 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
-import type { Duplex } from 'node:stream';
 import { PassthroughFs } from '../fs/passthrough.js';
 import { NinePServer } from '../9p/server.js';
 import { NinePClient } from '../9p/client.js';
 import { MIN_MSIZE } from '../9p/session.js';
 import { MOUNT_FD, MountOptionError, buildMountOptions, explainMountFailure, mountArgs } from '../9p/mount.js';
-import { ADDRESS_GRAMMAR, dial, formatAddress, listen, parseAddress } from '../transport/index.js';
-import { FdSocket, socketInfo } from '../sys/index.js';
+import { ADDRESS_GRAMMAR, connectionFd, dial, formatAddress, listen, parseAddress } from '../transport/index.js';
+import { socketInfo } from '../sys/index.js';
 import { UsageError } from './errors.js';
 import { createLogger } from './log.js';
 
@@ -118,17 +116,6 @@ function secondsArg(v: string): number {
   return n;
 }
 
-/** The kernel socket under a dialled connection, to hand to mount(8); null if there is none. */
-function connectionFd(stream: Duplex): number | null {
-  if (stream instanceof FdSocket) return stream.fd; // vsock, and inherited vsock fds
-  if (stream instanceof net.Socket) {
-    // tcp, unix, hvsock, inherited unix/inet fds: Node keeps the fd on the libuv handle and has
-    // no public accessor for it. A handle without one (another platform) gets the refusal below.
-    const fd = (stream as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-    return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : null;
-  }
-  return null;
-}
 
 /**
  * Dials ADDR and mounts it with the kernel's 9p client on that connection: mount(8) gets the

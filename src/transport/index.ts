@@ -367,3 +367,18 @@ export function hvsockConnect(s: Duplex, port: number, signal?: AbortSignal): Pr
     s.write(encodeConnect(port));
   });
 }
+
+/**
+ * The kernel socket under a dialled or accepted connection, for handing to the kernel (the 9p
+ * client's trans=fd, vhci-hcd's attach); null if there is none.
+ */
+export function connectionFd(stream: Duplex): number | null {
+  if (stream instanceof sys.FdSocket) return stream.fd; // vsock, and inherited vsock fds
+  if (stream instanceof net.Socket) {
+    // tcp, unix, hvsock, inherited unix/inet fds: Node keeps the fd on the libuv handle and has
+    // no public accessor for it. A handle without one (another platform) gets null.
+    const fd = (stream as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : null;
+  }
+  return null;
+}
