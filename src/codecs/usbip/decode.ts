@@ -459,12 +459,13 @@ class ByteQueue {
 
   /** Bytes [at, at + n), which must be buffered: a view when they lie in one chunk, else a copy. */
   readonly peek: Peek = (at, n) => {
+    let rel = at;
     for (const c of this.chunks) {
-      if (at >= c.length) {
-        at -= c.length;
+      if (rel >= c.length) {
+        rel -= c.length;
         continue;
       }
-      if (at + n <= c.length) return c.subarray(at, at + n);
+      if (rel + n <= c.length) return c.subarray(rel, rel + n);
       break;
     }
     const out = Buffer.allocUnsafe(n);
