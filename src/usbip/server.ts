@@ -274,7 +274,14 @@ export class UsbipConnection {
   private onData(chunk: Buffer): void {
     if (this.closed) return;
     this.reader.push(chunk);
-    this.pump();
+    try {
+      this.pump();
+    } catch (e) {
+      // A bug of ours must cost this connection only: an exception out of a native stream's
+      // 'data' handler would end the process.
+      this.log('warn', 'usbip connection closed: internal error', { peer: this.peer, error: e instanceof Error ? (e.stack ?? e.message) : String(e) });
+      this.end(`internal error: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
 
   /** Handles whole messages while under the limits. */
@@ -311,7 +318,13 @@ export class UsbipConnection {
   private maybeResume(): void {
     if (this.closed || !this.paused || this.overLimits() || this.stream.writableNeedDrain) return;
     this.paused = false;
-    this.pump();
+    try {
+      this.pump();
+    } catch (e) {
+      this.log('warn', 'usbip connection closed: internal error', { peer: this.peer, error: e instanceof Error ? (e.stack ?? e.message) : String(e) });
+      this.end(`internal error: ${e instanceof Error ? e.message : String(e)}`);
+      return;
+    }
     if (!this.paused) this.stream.resume();
   }
 
