@@ -10,6 +10,7 @@ import { transportCommand } from './transport.js';
 import { ninepCommand } from './ninep.js';
 import { netCommand } from './net.js';
 import { vsockCommand } from './vsock.js';
+import { usbipCommand } from './usbip.js';
 import { exitCodeFor, report } from './errors.js';
 
 /** The package's version, from its package.json (found from src/cli or dist/src/cli). */
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
     .addCommand(netCommand())
     .addCommand(sysCommand())
     .addCommand(vsockCommand())
+    .addCommand(usbipCommand())
     .addCommand(transportCommand());
   return program;
 }
