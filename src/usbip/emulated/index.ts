@@ -85,7 +85,11 @@ export async function createEmulated(spec: string, opts: DeviceLocation): Promis
     return await StorageDevice.open(parsed.image, parsed.readOnly, opts);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? `image ${parsed.image} does not exist` : code === 'EACCES' || code === 'EROFS' ? `cannot open image ${parsed.image} ${parsed.readOnly ? 'read-only' : 'read-write (add :ro?)'}: ${code}` : e instanceof Error ? e.message : String(e);
+    let why: string;
+    if (code === 'ENOENT') why = `image ${parsed.image} does not exist`;
+    else if (code === 'EISDIR') why = `${parsed.image} is not a regular file (a directory)`;
+    else if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM') why = `cannot open image ${parsed.image} ${parsed.readOnly ? 'read-only' : 'read-write (add :ro?)'}: ${code}`;
+    else why = e instanceof Error ? e.message : String(e);
     throw new EmulatedSpecError(spec, 'image', why, e);
   }
 }
