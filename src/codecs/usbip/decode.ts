@@ -223,6 +223,7 @@ function retSubmitLayout(h: Buffer, lim: Limits, ctx: SubmitLookup | undefined):
     return failure(`RET_SUBMIT seqnum ${seqnum}: actual_length ${actual} exceeds the ${req.transferBufferLength}-byte transfer buffer`, 'length', details);
   }
   const packets = h.readInt32BE(P.NUMBER_OF_PACKETS);
+  if (packets < -1) return failure(`RET_SUBMIT seqnum ${seqnum}: number_of_packets ${packets}`, 'iso', details);
   let descriptors = 0;
   // Descriptors follow only for an ISO request (vhci_rx.c: usbip_recv_iso returns early otherwise),
   // and then the count must be the request's (or 0: "ISO URBs which are np = 0").
@@ -386,6 +387,11 @@ function retSubmit(b: Buffer, req: SubmitContext): RetSubmit {
   const numberOfPackets = b.readInt32BE(P.NUMBER_OF_PACKETS);
   const dataEnd = PDU_HEADER_SIZE + (req.direction === 'in' ? actualLength : 0);
   const descriptors = req.numberOfPackets > 0 && numberOfPackets > 0 ? numberOfPackets : 0;
+  if (req.numberOfPackets <= 0 && numberOfPackets > 0) {
+    // Framed as vhci frames it (no descriptors for a transfer that is not isochronous), but a
+    // packet count there is nonsense: a server echoes the request's 0 or -1.
+    throw new DecodeError(`RET_SUBMIT seqnum ${seqnum}: number_of_packets ${numberOfPackets} for a request without ISO packets`, 'iso', details);
+  }
   const isoPackets = isoDescriptors(b, dataEnd, descriptors);
   if (descriptors > 0) {
     const what = `RET_SUBMIT seqnum ${seqnum}`;
