@@ -1,0 +1,105 @@
+// USB/IP against the real peers: the Linux `usbip` tool and vhci-hcd in a lab guest import prism's
+// emulated mass-storage device, over vsock. The host runs `prism usbip serve` (the CLI) on the
+// hybrid socket UDS_3240 of the guest's prism vsock device; in the guest, socat turns the usbip
+// tool's TCP connection to 127.0.0.1:3240 into a vsock connection to CID 2 port 3240 (the tool only
+// speaks TCP; vhci takes whatever socket it is given). The guest lists, attaches, mounts the ext4
+// image from the new SCSI disk, reads a file, writes one, unmounts and detaches; the host then
+// reads the written file out of the image with debugfs and compares checksums.
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { VsockServer } from '../src/vsock/server.js';
+import { REPO_ROOT, guestTail, requireLab, runGuest, type GuestResult } from './helpers/lab.js';
+
+const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+const SCRIPT = `
+socat TCP-LISTEN:3240,bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:3240 &
+i=0; until usbip list -r 127.0.0.1 > /tmp/list 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; sleep 0.5; done
+sed 's/^/USB-LIST /' /tmp/list
+usbip attach -r 127.0.0.1 -b 1-1; echo "USB-ATTACH-RC $?"
+i=0; until [ -b /dev/sda ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "USB-DISK $(cat /sys/block/sda/size 2>/dev/null) $(cat /sys/block/sda/device/vendor 2>/dev/null)"
+mount -t ext4 /dev/sda /mnt; echo "USB-MOUNT-RC $?"
+echo "USB-HELLO $(cat /mnt/hello.txt)"
+echo "USB-BIG $(sha256sum /mnt/big.bin | cut -d' ' -f1)"
+dd if=/dev/urandom of=/tmp/new.bin bs=64k count=16 2>/dev/null
+cp /tmp/new.bin /mnt/new.bin && sync
+echo "USB-WROTE $(sha256sum /tmp/new.bin | cut -d' ' -f1)"
+umount /mnt; echo "USB-UMOUNT-RC $?"
+usbip port | sed 's/^/USB-PORT /'
+usbip detach -p 0; echo "USB-DETACH-RC $?"
+`;
+
+function marker(r: GuestResult, name: string): string[] {
+  const m = new RegExp(`^${name} (.*)$`, 'm').exec(r.console);
+  assert.ok(m?.[1] !== undefined, `no ${name} line\n${guestTail(r, 80)}`);
+  return m[1].trim().split(/\s+/);
+}
+
+describe('prism usbip serve under the Linux usbip tool and vhci-hcd (lab guest, over vsock)', () => {
+  let dir: string;
+  let image: string;
+  let device: VsockServer;
+  let server: ChildProcess;
+  let serverLog = '';
+  const big = randomBytes(512 * 1024);
+
+  before(async () => {
+    requireLab();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-usbip-'));
+    const content = path.join(dir, 'content');
+    fs.mkdirSync(content);
+    fs.writeFileSync(path.join(content, 'hello.txt'), 'hello over usbip\n');
+    fs.writeFileSync(path.join(content, 'big.bin'), big);
+    image = path.join(dir, 'disk.img');
+    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, image, '32M']);
+    const uds = path.join(dir, 'vsock.sock');
+    device = new VsockServer({ socket: path.join(dir, 'vu.sock'), cid: 3, uds });
+    await device.start();
+    server = spawn(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/main.ts', 'usbip', 'serve', '--listen', `unix:${uds}_3240`, '--device', `emulated:storage:${image}`, '--allow', 'busid=1-1'],
+      { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    server.stderr?.setEncoding('utf8');
+    server.stderr?.on('data', (t: string) => (serverLog += t));
+    const deadline = Date.now() + 30_000;
+    while (!serverLog.includes('usbip server ready')) {
+      if (server.exitCode !== null || Date.now() > deadline) assert.fail(`prism usbip serve did not start:\n${serverLog}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  });
+
+  after(async () => {
+    if (server && server.exitCode === null) {
+      server.kill('SIGTERM');
+      await once(server, 'exit');
+    }
+    await device?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('lists, attaches, mounts the emulated disk, reads and writes a file, detaches; the image holds the write', async () => {
+    const g = await runGuest({ script: SCRIPT, vhostUser: [{ kind: 'vsock', socket: path.join(dir, 'vu.sock') }], timeoutMs: 240_000 });
+    const tail = `${guestTail(g, 80)}\n--- server log ---\n${serverLog.split('\n').slice(-30).join('\n')}`;
+    assert.match(g.console, /^USB-LIST .*1-1/m, tail);
+    assert.deepEqual(marker(g, 'USB-ATTACH-RC'), ['0'], tail);
+    assert.equal(marker(g, 'USB-DISK')[0], String((32 << 20) / 512), `the disk has the image's 512-byte sectors\n${tail}`);
+    assert.deepEqual(marker(g, 'USB-MOUNT-RC'), ['0'], tail);
+    assert.deepEqual(marker(g, 'USB-HELLO'), ['hello', 'over', 'usbip']);
+    assert.deepEqual(marker(g, 'USB-BIG'), [sha256(big)], 'a 512 KiB file read through vhci, usb-storage and prism\'s BOT/SCSI');
+    const [wrote] = marker(g, 'USB-WROTE');
+    assert.deepEqual(marker(g, 'USB-UMOUNT-RC'), ['0'], tail);
+    assert.deepEqual(marker(g, 'USB-DETACH-RC'), ['0'], tail);
+    // The host reads what the guest wrote straight out of the image.
+    const out = path.join(dir, 'new.bin');
+    execFileSync('debugfs', ['-R', `dump /new.bin ${out}`, image], { stdio: 'ignore' });
+    assert.equal(sha256(fs.readFileSync(out)), wrote, 'the image holds what the guest wrote through USB/IP');
+  });
+});
