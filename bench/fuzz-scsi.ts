@@ -9,6 +9,10 @@
 // failure prints the input as hex, which reproduces it.
 //
 //   node --import tsx bench/fuzz-scsi.ts [--runs N] [--seed S]      (default 1e6 inputs, seed 1)
+//
+// Measured 2026-11-25 on the 2-core lab machine (load 4-6 from other jobs), Node 20: 1e6 inputs
+// take 16-71 s (14 000-60 000 inputs/s, depending on the load; building the ~2.3 ScsiSenseErrors
+// per input is most of it). Seeds 1-3, 1e6 inputs each: no failures.
 import { readFileSync } from 'node:fs';
 import { CbwError, CBW_SIGNATURE, CBW_SIZE, decodeCbw, encodeCbw } from '../src/usbip/emulated/bot.js';
 import { MemoryImage, ScsiDisk, type ScsiPlan } from '../src/usbip/emulated/disk.js';

@@ -185,7 +185,7 @@ export class KeyboardDevice extends EmulatedDevice {
   /** `text` is typed when the host first polls after each attach; it is checked here. */
   constructor(location: DeviceLocation, text = '') {
     super(keyboardSpec(), location);
-    reportsFor(text);
+    if (reportsFor(text).length > MAX_QUEUED_REPORTS) throw new RangeError(`a text of ${text.length} characters is more than the keyboard queues (${MAX_QUEUED_REPORTS / 2})`);
     this.#text = text;
   }
 
