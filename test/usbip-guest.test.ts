@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { VsockServer } from '../src/vsock/server.js';
-import { REPO_ROOT, guestTail, requireLab, runGuest, type GuestResult } from './helpers/lab.js';
+import { REPO_ROOT, guestTail, requireLab, runGuest, runHostNode, type GuestResult } from './helpers/lab.js';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -102,4 +102,26 @@ describe('prism usbip serve under the Linux usbip tool and vhci-hcd (lab guest, 
     execFileSync('debugfs', ['-R', `dump /new.bin ${out}`, image], { stdio: 'ignore' });
     assert.equal(sha256(fs.readFileSync(out)), wrote, 'the image holds what the guest wrote through USB/IP');
   });
+
+  it('prism usbip attach in the guest hands its AF_VSOCK socket to vhci-hcd; the disk works and detaches', async () => {
+    const g = await runHostNode({
+      args: ['--import', 'tsx', 'src/cli/main.ts', 'usbip', 'attach', 'vsock:2:3240', '1-1'],
+      after: `i=0; until [ -b /dev/sda ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+mount -t ext4 /dev/sda /mnt; echo "USB-MOUNT-RC $?"
+echo "USB-HELLO $(cat /mnt/hello.txt)"
+umount /mnt
+usbip port | sed 's/^/USB-PORT /'
+usbip detach -p 0; echo "USB-DETACH-RC $?"`,
+      vhostUser: [{ kind: 'vsock', socket: path.join(dir, 'vu.sock') }],
+      timeoutMs: 240_000,
+    });
+    const tail = `${guestTail(g, 80)}\n--- server log ---\n${serverLog.split('\n').slice(-30).join('\n')}`;
+    assert.equal(g.exitCode, 0, `prism usbip attach\n${tail}`);
+    assert.match(g.console, /attached 1-1 from vsock:2:3240 on vhci port 0/, tail);
+    assert.deepEqual(marker(g, 'USB-MOUNT-RC'), ['0'], tail);
+    assert.deepEqual(marker(g, 'USB-HELLO'), ['hello', 'over', 'usbip']);
+    assert.match(g.console, /^USB-PORT .*Port 00: <Port in Use>/m, tail);
+    assert.deepEqual(marker(g, 'USB-DETACH-RC'), ['0'], tail);
+  });
 });
+
