@@ -285,10 +285,15 @@ async function serverRun(input: Buffer): Promise<void> {
   const reader = new ReplyReader((s) => pending.get(s) ?? { direction: 'in', transferBufferLength: 0x7fff_ffff, numberOfPackets: 0 });
   const scan = new RequestReader();
   scan.push(input);
-  try {
-    for (let m = scan.next(); m; m = scan.next()) if (m.type === 'CMD_SUBMIT') pending.set(m.seqnum, { direction: m.direction, transferBufferLength: m.transferBufferLength, numberOfPackets: m.numberOfPackets });
-  } catch {
-    // the server will meet the same bad bytes
+  for (;;) {
+    try {
+      const m = scan.next();
+      if (m === null) break;
+      if (m.type === 'CMD_SUBMIT') pending.set(m.seqnum, { direction: m.direction, transferBufferLength: m.transferBufferLength, numberOfPackets: m.numberOfPackets });
+    } catch (e) {
+      if (e instanceof ProtocolError) break; // the server will close there too
+      // a DecodeError: the server answers it and reads on, and so does this scan
+    }
   }
   b.on('data', (c: Buffer) => {
     reader.push(c);

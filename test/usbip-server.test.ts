@@ -18,6 +18,8 @@ import { dial, listen } from '../src/transport/index.js';
 import type { Urb, UrbResult, UsbDevice, UsbDeviceInfo } from '../src/usbip/device.js';
 import { UsbipPolicy, formatRule, parseRule, peerIdentity, PolicyError } from '../src/usbip/policy.js';
 import { UsbipConfigError, UsbipServer, devidOf, retSubmitFor, type LogFn } from '../src/usbip/server.js';
+import { DEVICE_KINDS, createDevices } from '../src/cli/usbip.js';
+import { UsageError } from '../src/cli/errors.js';
 
 // --- a fake device ------------------------------------------------------------------------------
 
@@ -708,6 +710,18 @@ describe('usbip server: configuration, listeners, shutdown', () => {
     assert.equal(devices[0]?.detachedCount, 1);
     assert.equal(devices[0]?.aborted.length, 1);
     assert.equal(server.connectionCount, 0);
+  });
+
+  it('prism usbip serve makes devices from specs: bus IDs 1-1, 1-2 in order; unknown and planned kinds say so', async () => {
+    assert.deepEqual(Object.keys(DEVICE_KINDS).sort(), ['emulated', 'host', 'kernel']);
+    const devices = await createDevices(['emulated:keyboard:hi', 'emulated:keyboard']);
+    assert.deepEqual(devices.map((d) => [d.info.busid, d.info.busnum, d.info.devnum]), [['1-1', 1, 2], ['1-2', 1, 3]]);
+    assert.doesNotThrow(() => new UsbipServer(devices));
+    await assert.rejects(createDevices(['usb:1-1']), (e: unknown) => e instanceof UsageError && /unknown kind "usb"/.test(e.message));
+    await assert.rejects(createDevices(['nocolon']), (e: unknown) => e instanceof UsageError && /unknown kind/.test(e.message));
+    await assert.rejects(createDevices(['host:1d6b:0104']), (e: unknown) => e instanceof UsageError && /not implemented yet/.test(e.message));
+    await assert.rejects(createDevices(['kernel:1-1']), (e: unknown) => e instanceof UsageError && /not implemented yet/.test(e.message));
+    await assert.rejects(createDevices(['emulated:printer']), UsageError);
   });
 
   it('retSubmitFor echoes the request fields a reply carries', () => {
