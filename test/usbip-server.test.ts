@@ -681,6 +681,16 @@ describe('usbip server: configuration, listeners, shutdown', () => {
     assert.throws(() => new UsbipServer([], { maxInflight: 0 }), UsbipConfigError);
   });
 
+  it('limits connections from one peer, not from the others', () => {
+    const server = new UsbipServer([new FakeDevice('1-1', 2)], { policy: new UsbipPolicy(['any']), maxConnectionsPerPeer: 2 });
+    cleanups.push(() => server.close());
+    const pairs = [1, 2, 3, 4].map(() => sys.unixSocketPair());
+    cleanups.push(() => pairs.forEach(([, b]) => b.destroy()));
+    const accepted = pairs.map(([a], i) => server.accept({ stream: a, peer: i < 3 ? `vsock:4:${1000 + i}` : 'vsock:5:1000' }));
+    assert.deepEqual(accepted.map((c) => c !== null), [true, true, false, true]);
+    assert.equal(server.connectionCount, 3);
+  });
+
   it('serves a Unix listener; the peer is the socket address', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-usbip-'));
     cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -82,6 +82,7 @@ interface ServeCli {
   device: string[];
   allow: UsbipRule[];
   maxConnections: number;
+  maxConnectionsPerPeer: number;
   maxInflight: number;
 }
 
@@ -93,6 +94,7 @@ async function runServe(opts: ServeCli): Promise<void> {
   const server = new UsbipServer(devices, {
     policy: new UsbipPolicy(opts.allow),
     maxConnections: opts.maxConnections,
+    maxConnectionsPerPeer: opts.maxConnectionsPerPeer,
     maxInflight: opts.maxInflight,
     log: (level, msg, fields) => log[level](fields ?? {}, msg),
   });
@@ -138,6 +140,7 @@ export function usbipCommand(): Command {
     .option('--device <spec>', 'a device to export (repeatable): emulated:storage:IMAGE[:ro], emulated:keyboard[:TEXT]', collect, [])
     .option('--allow <rule>', 'let importers in (repeatable; default deny): KEY=VALUE,... with peer, busid, vidpid, class; or "any"', ruleArg, [])
     .option('--max-connections <n>', 'most connections at once', intArg(1, 65536), 64)
+    .option('--max-connections-per-peer <n>', 'most connections at once from one peer (address without port)', intArg(1, 65536), 16)
     .option('--max-inflight <n>', 'most URBs running per connection', intArg(1, 65536), 64)
     .addHelpText(
       'after',

@@ -20,6 +20,8 @@
 // answers an unlinked URB, or answers nonsense costs that URB (device.ts says what is checked).
 // Limits per connection: URBs running (64) and bytes they hold (64 MiB, transfer buffers counted
 // whole): reading pauses above them, as it does while the client does not read our replies.
+// Connections: 64 in all, 16 from one peer. None times out: over virtio-serial a connection idles
+// between one detach and the next attach.
 import type { Duplex } from 'node:stream';
 import {
   DEFAULT_MAX_ISO_PACKETS, DEFAULT_MAX_TRANSFER_LENGTH, DecodeError, OpCode, OpStatus, ProtocolError, RequestReader, USB_DIR_IN, decodeSetup, encodeParts,
@@ -27,7 +29,7 @@ import {
 } from '../codecs/usbip/index.js';
 import type { Connection, Listener } from '../transport/index.js';
 import { UrbErrno, type IsoPacket, type Urb, type UrbResult, type UsbDevice, type UsbDeviceInfo } from './device.js';
-import { UsbipPolicy, vidPidOf } from './policy.js';
+import { UsbipPolicy, peerIdentity, vidPidOf } from './policy.js';
 
 export type LogFn = (level: 'info' | 'warn' | 'debug', msg: string, fields?: Record<string, unknown>) => void;
 
@@ -36,6 +38,9 @@ export interface UsbipServerOptions {
   policy?: UsbipPolicy;
   /** Most connections at once; more are closed on arrival (default 64). */
   maxConnections?: number;
+  /** Most connections at once from one peer (its address without the port; default 16), so that
+   * one VM cannot take every slot. */
+  maxConnectionsPerPeer?: number;
   /** Most URBs running per connection before reading pauses (default 64). */
   maxInflight?: number;
   /** Most transfer-buffer bytes running per connection before reading pauses (default 64 MiB). */
@@ -117,6 +122,7 @@ export class UsbipServer {
   readonly policy: UsbipPolicy;
   private readonly limits: Limits;
   private readonly maxConnections: number;
+  private readonly maxPerPeer: number;
   readonly log: LogFn;
 
   constructor(devices: readonly UsbDevice[], opts: UsbipServerOptions = {}) {
@@ -142,6 +148,7 @@ export class UsbipServer {
       maxIsoPackets: int(opts.maxIsoPackets, DEFAULT_MAX_ISO_PACKETS, 0, 0x7fff_ffff, 'maxIsoPackets'),
     };
     this.maxConnections = int(opts.maxConnections, 64, 1, 65536, 'maxConnections');
+    this.maxPerPeer = int(opts.maxConnectionsPerPeer, 16, 1, 65536, 'maxConnectionsPerPeer');
     this.policy = opts.policy ?? new UsbipPolicy();
     this.log = opts.log ?? (() => undefined);
   }
@@ -160,6 +167,14 @@ export class UsbipServer {
   accept(c: Connection): UsbipConnection | null {
     if (this.connections.size >= this.maxConnections) {
       this.log('warn', 'usbip connection refused: too many connections', { peer: c.peer, max: this.maxConnections });
+      c.stream.destroy();
+      return null;
+    }
+    const who = peerIdentity(c.peer);
+    let fromPeer = 0;
+    for (const other of this.connections) if (peerIdentity(other.peer) === who) fromPeer++;
+    if (fromPeer >= this.maxPerPeer) {
+      this.log('warn', 'usbip connection refused: too many connections from this peer', { peer: c.peer, max: this.maxPerPeer });
       c.stream.destroy();
       return null;
     }
