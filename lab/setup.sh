@@ -141,6 +141,7 @@ modules=(
   vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback
   fuse virtiofs
   virtio_blk ext4
+  evdev usbip-host dummy_hcd libcomposite usb_f_mass_storage
 )
 
 stage=$(mktemp -d "$lab/stage.XXXXXX")

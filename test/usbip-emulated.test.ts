@@ -775,7 +775,7 @@ describe('emulated keyboard', () => {
     assert.deepEqual([...(await poll(dev)).data], [0, 0, 0, 0, 0, 0, 0, 0]);
   });
 
-  it('types the spec text when the host first polls, after each attach', async () => {
+  it('types the spec text shortly after the host first polls, after each attach', async () => {
     const dev = (await createEmulated('emulated:keyboard:ok\\n', LOCATION)) as KeyboardDevice;
     assert.equal(dev.pendingReports, 0, 'nothing before the host polls');
     const usages: number[] = [];

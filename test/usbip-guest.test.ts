@@ -64,7 +64,11 @@ describe('prism usbip serve under the Linux usbip tool and vhci-hcd (lab guest, 
     await device.start();
     server = spawn(
       process.execPath,
-      ['--import', 'tsx', 'src/cli/main.ts', 'usbip', 'serve', '--listen', `unix:${uds}_3240`, '--device', `emulated:storage:${image}`, '--allow', 'busid=1-1'],
+      [
+        '--import', 'tsx', 'src/cli/main.ts', 'usbip', 'serve', '--listen', `unix:${uds}_3240`,
+        '--device', `emulated:storage:${image}`, '--device', 'emulated:keyboard:Hi\\n',
+        '--allow', 'busid=1-1', '--allow', 'busid=1-2',
+      ],
       { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] },
     );
     server.stderr?.setEncoding('utf8');
@@ -122,6 +126,39 @@ usbip detach -p 0; echo "USB-DETACH-RC $?"`,
     assert.deepEqual(marker(g, 'USB-HELLO'), ['hello', 'over', 'usbip']);
     assert.match(g.console, /^USB-PORT .*Port 00: <Port in Use>/m, tail);
     assert.deepEqual(marker(g, 'USB-DETACH-RC'), ['0'], tail);
+  });
+
+  it('the emulated keyboard enumerates as an input device in the guest and types "Hi\\n" into it', async () => {
+    const g = await runGuest({
+      script: `
+socat TCP-LISTEN:3240,bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:3240 &
+i=0; until usbip list -r 127.0.0.1 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; sleep 0.5; done
+usbip attach -r 127.0.0.1 -b 1-2; echo "KBD-ATTACH-RC $?"
+ev=; i=0
+while [ -z "$ev" ] && [ $i -lt 100 ]; do
+  for e in /sys/class/input/event*; do [ -e "$e/device/name" ] && grep -q 'prism emulated keyboard' "$e/device/name" && ev=\${e##*/}; done
+  i=$((i+1)); sleep 0.1
+done
+echo "KBD-DEV $ev $(cat /sys/class/input/$ev/device/name 2>/dev/null)"
+cat /dev/input/$ev > /tmp/ev & p=$!
+sleep 4; kill $p
+od -An -tu2 -w24 -v /tmp/ev | awk '$9 == 1 { print "KBD-EV", $10, $11 }'
+usbip detach -p 0; echo "KBD-DETACH-RC $?"
+`,
+      vhostUser: [{ kind: 'vsock', socket: path.join(dir, 'vu.sock') }],
+      timeoutMs: 240_000,
+    });
+    const tail = `${guestTail(g, 80)}\n--- server log ---\n${serverLog.split('\n').slice(-30).join('\n')}`;
+    assert.deepEqual(marker(g, 'KBD-ATTACH-RC'), ['0'], tail);
+    assert.match(marker(g, 'KBD-DEV').join(' '), /^event\d+ prism prism emulated keyboard$/, tail);
+    // struct input_event on x86_64 read as u16s: [8] type, [9] code, [10] low half of value. EV_KEY only.
+    const keys = [...g.console.matchAll(/^KBD-EV (\d+) (\d+)$/gm)].map((m) => [Number(m[1]), Number(m[2])] as const);
+    const presses = keys.filter(([, v]) => v === 1).map(([code]) => code);
+    const KEY = { LEFTSHIFT: 42, H: 35, I: 23, ENTER: 28 };
+    assert.deepEqual(presses.filter((c) => c !== KEY.LEFTSHIFT), [KEY.H, KEY.I, KEY.ENTER], `key presses ${JSON.stringify(keys)}\n${tail}`);
+    assert.ok(presses.indexOf(KEY.LEFTSHIFT) >= 0 && presses.indexOf(KEY.LEFTSHIFT) < presses.indexOf(KEY.H), 'shift is held for the capital H');
+    for (const code of [KEY.H, KEY.I, KEY.ENTER, KEY.LEFTSHIFT]) assert.ok(keys.some(([c, v]) => c === code && v === 0), `key ${code} is released`);
+    assert.deepEqual(marker(g, 'KBD-DETACH-RC'), ['0'], tail);
   });
 });
 

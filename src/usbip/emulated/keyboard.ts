@@ -168,6 +168,9 @@ export function keyboardSpec(): DeviceSpec {
   };
 }
 
+/** How long after the host's first poll the spec text is typed (see the constructor). */
+export const TYPE_DELAY_MS = 2000;
+
 /** At most this many reports wait at once (a 64 KiB text); type() refuses more. */
 export const MAX_QUEUED_REPORTS = 2 * 65536;
 
@@ -182,8 +185,19 @@ export class KeyboardDevice extends EmulatedDevice {
   #protocol = 1; // report protocol after reset (HID 1.11 section 7.2.6)
   #idle = 0;
 
-  /** `text` is typed when the host first polls after each attach; it is checked here. */
-  constructor(location: DeviceLocation, text = '') {
+  #typeTimer: NodeJS.Timeout | null = null;
+
+  /**
+   * `text` is typed `typeDelayMs` after the host first polls, after each attach; it is checked
+   * here. The delay lets the importer's programs open the new input device first: the kernel's own
+   * console keyboard handler opens every keyboard at once, so text typed on the very first poll
+   * would reach only it.
+   */
+  constructor(
+    location: DeviceLocation,
+    text = '',
+    private readonly typeDelayMs = TYPE_DELAY_MS,
+  ) {
     super(keyboardSpec(), location);
     if (reportsFor(text).length > MAX_QUEUED_REPORTS) throw new RangeError(`a text of ${text.length} characters is more than the keyboard queues (${MAX_QUEUED_REPORTS / 2})`);
     this.#text = text;
@@ -228,6 +242,8 @@ export class KeyboardDevice extends EmulatedDevice {
     this.#current = KEYS_UP;
     this.#leds = 0;
     this.#textDue = true;
+    if (this.#typeTimer) clearTimeout(this.#typeTimer);
+    this.#typeTimer = null;
   }
 
   protected override deviceReset(): void {
@@ -238,7 +254,12 @@ export class KeyboardDevice extends EmulatedDevice {
   protected override urbQueued(_address: number): void {
     if (this.#textDue) {
       this.#textDue = false;
-      if (this.#text !== '') this.type(this.#text);
+      if (this.#text !== '') {
+        this.#typeTimer = setTimeout(() => {
+          this.#typeTimer = null;
+          this.type(this.#text);
+        }, this.typeDelayMs);
+      }
     }
     this.#deliver();
   }
