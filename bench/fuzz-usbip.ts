@@ -10,6 +10,11 @@
 // given --seed.
 //
 //   node --import tsx bench/fuzz-usbip.ts [--runs N] [--seed S]      (default 1e6 inputs, seed 1)
+//
+// Measured 2026-11-25 on the 2-core lab machine (shared with other jobs), Node 20: 1e6 inputs take
+// 32-74 s (13 000-31 000 inputs/s), 15 625 of them through a server connection. Seeds 1-3, 1e6
+// inputs each: no failures. Found on the way: a reply's ISO packet count not fitting its request
+// (now refused), and a connection slot held by a device that never settles an aborted URB.
 import { readFileSync } from 'node:fs';
 import { Duplex, PassThrough } from 'node:stream';
 import {

@@ -691,6 +691,27 @@ describe('usbip server: configuration, listeners, shutdown', () => {
     assert.equal(server.connectionCount, 3);
   });
 
+  it('frees a connection slot when the client leaves, even if the device never answers its aborted URBs', async () => {
+    const device = new FakeDevice('1-1', 2);
+    device.override = () => new Promise<UrbResult>(() => undefined); // ignores the signal, forever
+    const server = new UsbipServer([device], { policy: new UsbipPolicy(['any']), maxConnectionsPerPeer: 1 });
+    const [a, b] = sys.unixSocketPair();
+    server.accept({ stream: a, peer: 'vsock:4:1' });
+    const c = new Client(b);
+    await c.import('1-1');
+    c.submit({ direction: 'in', ep: 1, transferBufferLength: 8 });
+    await waitFor(() => device.submitted.length === 1);
+    b.destroy();
+    await waitFor(() => server.connectionCount === 0);
+    const [a2, b2] = sys.unixSocketPair();
+    cleanups.push(() => {
+      b2.destroy();
+    });
+    assert.notEqual(server.accept({ stream: a2, peer: 'vsock:4:2' }), null);
+    assert.equal((await new Client(b2).import('1-1')).status, OpStatus.OK, 'and the device is free');
+    await server.close(); // gives up on the URB that never settles after 2 s
+  });
+
   it('serves a Unix listener; the peer is the socket address', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-usbip-'));
     cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));

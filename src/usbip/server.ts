@@ -181,7 +181,9 @@ export class UsbipServer {
     const conn = new UsbipConnection(this, c.stream, c.peer, this.limits);
     this.connections.add(conn);
     this.log('info', 'usbip connection accepted', { peer: c.peer });
-    void conn.finished.then(() => this.connections.delete(conn));
+    // The slot is free once the stream is done, even if a device still holds URBs it was told to
+    // abort (close() waits for those, briefly).
+    void conn.ended.then(() => this.connections.delete(conn));
     return conn;
   }
 
@@ -254,7 +256,10 @@ export class UsbipConnection {
   private paused = false;
   private closed = false;
   private readonly log: LogFn;
-  /** Resolves when the stream is done and every URB handed to a device has settled. */
+  /** Resolves when the connection is closed (its import ended, its device released). */
+  readonly ended: Promise<void>;
+  private markEnded!: () => void;
+  /** Resolves when the connection is closed and every URB handed to a device has settled. */
   readonly finished: Promise<void>;
   private finish!: () => void;
 
@@ -266,6 +271,7 @@ export class UsbipConnection {
   ) {
     this.log = server.log;
     this.reader = new RequestReader({ maxTransferLength: limits.maxTransferLength, maxIsoPackets: limits.maxIsoPackets });
+    this.ended = new Promise((resolve) => (this.markEnded = resolve));
     this.finished = new Promise((resolve) => (this.finish = resolve));
     stream.on('data', (chunk: Buffer) => this.onData(chunk));
     stream.on('end', () => this.close('client closed the connection'));
@@ -488,7 +494,8 @@ export class UsbipConnection {
     this.runningBytes += r.bytes;
     const device = s.device;
     void Promise.resolve()
-      .then(() => device.submit(urb, r.controller.signal))
+      // Unlinked, or its import ended, before the device saw it: the device need not know.
+      .then(() => (r.controller.signal.aborted ? { status: -UrbErrno.ECONNRESET, data: Buffer.alloc(0) } : device.submit(urb, r.controller.signal)))
       .then(
         (result) => this.complete(r, m, result),
         (e: unknown) => {
@@ -550,6 +557,7 @@ export class UsbipConnection {
     this.closed = true;
     this.log('info', 'usbip connection closed', { peer: this.peer, why });
     if (this.stream.writable) this.stream.end();
+    this.markEnded();
     if (this.running === 0) this.finish();
   }
 }
