@@ -5,6 +5,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { once } from 'node:events';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import * as sys from '../src/sys/index.js';
 import type { FdSocket } from '../src/sys/index.js';
 
@@ -88,6 +90,20 @@ describe('AF_UNIX sockets with fd passing', () => {
     fs.closeSync(devnull);
     a.destroy();
     b.destroy();
+  });
+
+  it("an exception thrown in a 'data' handler reaches 'uncaughtException' instead of aborting the process", () => {
+    const sysIndex = fileURLToPath(new URL('../src/sys/index.ts', import.meta.url));
+    const script = `
+      const sys = await import(${JSON.stringify(sysIndex)});
+      process.on('uncaughtException', (e) => { console.log('caught ' + e.message); process.exit(0); });
+      const [a, b] = sys.unixSocketPair();
+      b.on('data', () => { throw new Error('boom'); });
+      a.write(Buffer.from('x'));`;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.signal, null, `the child died of ${r.signal}: ${r.stderr}`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /caught boom/);
   });
 
   it('closes fds nobody asked for, so a peer cannot fill our fd table', async () => {

@@ -331,7 +331,14 @@ class Poller : public Napi::ObjectWrap<Poller> {
     if (self == nullptr) return;
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
-    self->callback_.MakeCallback(self->Value(), {Napi::Number::New(env, status), Napi::Number::New(env, events)});
+    try {
+      self->callback_.MakeCallback(self->Value(), {Napi::Number::New(env, status), Napi::Number::New(env, events)});
+    } catch (const Napi::Error& e) {
+      // A JS exception thrown under this callback (a stream 'data' handler, say) must surface the
+      // way Node's own callbacks surface one, as 'uncaughtException', not escape libuv as a C++
+      // exception, which would be std::terminate.
+      napi_fatal_exception(env, e.Value());
+    }
   }
 
   Napi::FunctionReference callback_;
