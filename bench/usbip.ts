@@ -31,6 +31,13 @@ const MiB = 1024 * 1024;
 const GUEST_CID = 3;
 const PORT = 3240;
 const TARGET_MBS = 40;
+/** The guest's bridge from the usbip tool's TCP to vsock: exactly as test/usbip-guest.test.ts, and tuned (no Nagle, 256 KiB buffer). */
+const SOCAT = {
+  'prism-test': `socat TCP-LISTEN:${PORT},bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:${PORT}`,
+  'prism-tuned': `socat -b 262144 TCP-LISTEN:${PORT},bind=127.0.0.1,reuseaddr,fork,nodelay VSOCK-CONNECT:2:${PORT}`,
+} as const;
+type PrismRow = keyof typeof SOCAT;
+const PRISM_ROWS = Object.keys(SOCAT) as PrismRow[];
 
 // --- options -------------------------------------------------------------------------------------
 
@@ -202,21 +209,26 @@ ddrows() {
   done
 }
 
-# ---- A: prism over vsock ----
-socat TCP-LISTEN:${PORT},bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:${PORT} &
-socat_pid=$!
-i=0; until usbip list -r 127.0.0.1 > /tmp/list 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; usleep 500000; done
-sed 's/^/@@A-LIST /' /tmp/list
-before=$(disks)
-if usbip attach -r 127.0.0.1 -b 1-1; then
-  if d=$(newdisk "$before"); then
-    echo "@@A-DISK $d $(cat /sys/block/$d/size) $(cat /sys/block/$d/queue/max_sectors_kb)"
-    ddrows prism $d
-  else fail "A: no disk after attach"; fi
-  usbip detach -p 0 || fail "A: detach"
-else fail "A: usbip attach"; fi
-kill $socat_pid; wait $socat_pid 2>/dev/null
-sleep 1
+# ---- A: prism over vsock, once per socat bridge ($1 row, then the socat command) ----
+prismrow() {
+  row=$1; shift
+  "$@" &
+  socat_pid=$!
+  i=0; until usbip list -r 127.0.0.1 > /tmp/list 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; usleep 500000; done
+  sed "s/^/@@A-LIST $row /" /tmp/list
+  before=$(disks); d=
+  if usbip attach -r 127.0.0.1 -b 1-1; then
+    if d=$(newdisk "$before"); then
+      echo "@@A-DISK $row $d $(cat /sys/block/$d/size) $(cat /sys/block/$d/queue/max_sectors_kb)"
+      ddrows $row $d
+    else fail "A $row: no disk after attach"; fi
+    usbip detach -p 0 || fail "A $row: detach"
+  else fail "A $row: usbip attach"; fi
+  kill $socat_pid; wait $socat_pid 2>/dev/null
+  i=0; while [ -n "$d" ] && [ -e /sys/block/$d ] && [ $i -lt 50 ]; do i=$((i+1)); usleep 100000; done
+  sleep 1
+}
+${PRISM_ROWS.map((r) => `prismrow ${r} ${SOCAT[r]}`).join('\n')}
 
 # ---- B: kernel usbip-host exporting a configfs gadget on dummy_hcd ----
 kernel() {
@@ -263,7 +275,7 @@ exit 0
 
 // --- main ----------------------------------------------------------------------------------------
 
-type Exporter = 'prism' | 'kernel';
+type Exporter = PrismRow | 'kernel';
 
 interface Sample {
   seconds: number;
@@ -303,21 +315,22 @@ async function main(): Promise<void> {
     log(`prism up: vsock device pid ${vsock.pid}, usbip server pid ${server.pid}; work dir ${work}`);
     const load0 = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 
-    const samples: Record<Exporter, Sample[]> = { prism: [], kernel: [] };
+    const samples: Record<Exporter, Sample[]> = { 'prism-test': [], 'prism-tuned': [], kernel: [] };
     let cpu0: { server: number; vsock: number } | null = null;
     let pending = '';
+    const isPrism = (w: string): w is PrismRow => (PRISM_ROWS as string[]).includes(w);
     const onLine = (line: string): void => {
-      const b = /^@@BEGIN (\w+) (\d+)/.exec(line);
-      if (b?.[1] === 'prism') cpu0 = { server: cpuSeconds(server.pid), vsock: cpuSeconds(vsock.pid) };
-      const e = /^@@END (\w+) (\d+) ([\d.]+) ([\d.]+) (\d*)/.exec(line);
+      const b = /^@@BEGIN ([\w-]+) (\d+)/.exec(line);
+      if (b?.[1] !== undefined && isPrism(b[1])) cpu0 = { server: cpuSeconds(server.pid), vsock: cpuSeconds(vsock.pid) };
+      const e = /^@@END ([\w-]+) (\d+) ([\d.]+) ([\d.]+) (\d*)/.exec(line);
       if (e) {
         const who = e[1] as Exporter;
         const s: Sample = { seconds: Number(e[4]) - Number(e[3]), bytes: Number(e[5] || 0) * MiB }; // whole 1 MiB records read
-        if (who === 'prism' && cpu0) {
+        if (isPrism(who) && cpu0) {
           s.cpuServer = cpuSeconds(server.pid) - cpu0.server;
           s.cpuVsock = cpuSeconds(vsock.pid) - cpu0.vsock;
         }
-        samples[who].push(s);
+        samples[who]?.push(s);
         log(`${who} #${e[2]}: ${s.bytes} bytes in ${s.seconds.toFixed(2)} s = ${(s.bytes / s.seconds / 1e6).toFixed(1)} MB/s`);
       }
       if (line.startsWith('@@FAIL')) log(line);
@@ -343,59 +356,63 @@ async function main(): Promise<void> {
 
     // --- the table ---
     const expectBytes = mib * MiB;
-    const rate = (xs: Sample[]): number => median(xs.map((s) => s.bytes / s.seconds / 1e6));
     const okSamples = (xs: Sample[]): Sample[] => xs.filter((s) => s.bytes === expectBytes && s.seconds > 0);
-    const prismS = okSamples(samples.prism);
-    const kernelS = okSamples(samples.kernel);
-    const prismRate = prismS.length ? rate(prismS) : NaN;
-    const kernelRate = kernelS.length ? rate(kernelS) : NaN;
-    const why = (prefix: string): string => fails.filter((f) => f.startsWith(prefix)).join('; ') || 'no dd result (see the console log)';
+    const rateOf = (w: Exporter): number => {
+      const xs = okSamples(samples[w]);
+      return xs.length ? median(xs.map((s) => s.bytes / s.seconds / 1e6)) : NaN;
+    };
     const fmt = (n: number): string => (Number.isFinite(n) ? n.toFixed(1) : '-');
-    const aDisk = field('A-DISK')?.split(' ');
-    const bDisk = field('B-DISK')?.split(' ');
-    const rows: string[][] = [
-      ['exporter', 'MB/s', 'MiB/s', 'seconds', 'prism CPU s (server + vsock dev)', 'disk (sectors, max_sectors_kb)'],
-      prismS.length
-        ? [
-            'A prism usbip serve (vsock)',
-            fmt(prismRate),
-            fmt(prismRate / 1.048576),
-            fmt(median(prismS.map((s) => s.seconds))),
-            `${median(prismS.map((s) => s.cpuServer ?? NaN)).toFixed(2)} + ${median(prismS.map((s) => s.cpuVsock ?? NaN)).toFixed(2)}`,
-            aDisk ? `${aDisk[0]} (${aDisk[1]}, ${aDisk[2]})` : '-',
-          ]
-        : ['A prism usbip serve (vsock)', `not measured: ${why('A:')}`, '', '', '', ''],
-      kernelS.length
-        ? ['B kernel usbip-host + usbipd (loopback TCP)', fmt(kernelRate), fmt(kernelRate / 1.048576), fmt(median(kernelS.map((s) => s.seconds))), '-', bDisk ? `${bDisk[0]} (${bDisk[1]}, ${bDisk[2]})` : '-']
-        : ['B kernel usbip-host + usbipd (loopback TCP)', `not measured: ${why('B:')}`, '', '', '', ''],
-    ];
-    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[1]?.startsWith('not measured') && i > 0 ? 0 : (r[i] ?? '').length))));
-    const table = rows
-      .map((r, ri) => {
-        if (ri > 0 && r[1]?.startsWith('not measured')) return `${r[0]!.padEnd(widths[0]!)}  ${r[1]}`;
-        return r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
-      })
+    const label: Record<Exporter, string> = {
+      'prism-test': 'A  prism usbip serve, vsock; guest socat as in the test',
+      'prism-tuned': "A' prism usbip serve, vsock; guest socat nodelay -b 256K",
+      kernel: 'B  kernel usbip-host + usbipd, loopback TCP',
+    };
+    const failPrefix: Record<Exporter, string> = { 'prism-test': 'A prism-test:', 'prism-tuned': 'A prism-tuned:', kernel: 'B:' };
+    const order: Exporter[] = [...PRISM_ROWS, 'kernel'];
+    const header = ['exporter', 'MB/s', 'MiB/s', 'seconds', 'prism CPU s (server + vsock dev)', 'disk (sectors, max_sectors_kb)'];
+    const rows: string[][] = order.map((w) => {
+      const xs = okSamples(samples[w]);
+      if (xs.length === 0) return [label[w], `not measured: ${fails.filter((f) => f.startsWith(failPrefix[w])).join('; ') || 'no complete dd result (see the console log, --keep)'}`];
+      const r = rateOf(w);
+      const disk = (w === 'kernel' ? field('B-DISK') : field(`A-DISK ${w}`))?.split(' ');
+      return [
+        label[w],
+        fmt(r),
+        fmt(r / 1.048576),
+        fmt(median(xs.map((s) => s.seconds))),
+        isPrism(w) ? `${median(xs.map((s) => s.cpuServer ?? NaN)).toFixed(2)} + ${median(xs.map((s) => s.cpuVsock ?? NaN)).toFixed(2)}` : '-',
+        disk ? `${disk[0]} (${disk[1]}, ${disk[2]})` : '-',
+      ];
+    });
+    const full = [header, ...rows.filter((r) => r.length === header.length)];
+    const widths = header.map((_, i) => Math.max(...full.map((r) => (r[i] ?? '').length)));
+    const table = [header, ...rows]
+      .map((r) => (r.length !== header.length ? `${(r[0] ?? '').padEnd(widths[0] ?? 0)}  ${r[1] ?? ''}` : r.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ')))
       .join('\n');
-    const verdict = (ok: boolean | null): string => (ok === null ? 'unknown' : ok ? 'met' : 'not met');
-    const t40 = Number.isFinite(prismRate) ? prismRate >= TARGET_MBS : null;
-    const tk = Number.isFinite(prismRate) && Number.isFinite(kernelRate) ? prismRate >= kernelRate : null;
+    const kernelRate = rateOf('kernel');
+    const verdicts = PRISM_ROWS.flatMap((w) => {
+      const r = rateOf(w);
+      const t40 = Number.isFinite(r) ? (r >= TARGET_MBS ? 'met' : 'not met') : 'unknown';
+      const tk = Number.isFinite(r) && Number.isFinite(kernelRate) ? `${r >= kernelRate ? 'met' : 'not met'} (ratio ${(r / kernelRate).toFixed(2)})` : 'unknown';
+      return [`${label[w].split(' ')[0]}: target ≥ ${TARGET_MBS} MB/s: ${t40} (${fmt(r)} MB/s); target ≥ the kernel path (${fmt(kernelRate)} MB/s): ${tk}`];
+    });
     const load1 = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
     const elapsed = (performance.now() - t0) / 1000;
+    const busid = field('B-BUSID')?.split(' ')[0] ?? 'BUSID';
     const out = [
       '',
       `$ ${commandLine}`,
-      `USB/IP mass-storage sequential read through vhci-hcd: prism vs the kernel's usbip-host — ${mib} MiB image, median of ${reps} dd${reps === 1 ? '' : 's'} per exporter, ${elapsed.toFixed(0)} s`,
+      `USB/IP mass-storage sequential read through vhci-hcd: prism vs the kernel's usbip-host — ${mib} MiB image, median of ${reps} dd${reps === 1 ? '' : 's'} per row, one guest boot, ${elapsed.toFixed(0)} s`,
       `guest: QEMU TCG, 1 vCPU, 1 GiB, Linux ${lab.kernelVersion}; host: ${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? '?'}), Linux ${os.release()}, node ${process.version}, prism from src/ via tsx; load ${load0} -> ${load1}`,
       '',
       table,
       '',
-      `target ≥ ${TARGET_MBS} MB/s: ${verdict(t40)} (prism ${fmt(prismRate)} MB/s)`,
-      `target ≥ the kernel path: ${verdict(tk)} (prism ${fmt(prismRate)} vs kernel ${fmt(kernelRate)} MB/s${tk === null ? '' : `, ratio ${(prismRate / kernelRate).toFixed(2)}`})`,
+      ...verdicts,
       '',
-      `- both rows, in the guest: echo 3 > /proc/sys/vm/drop_caches; ${DD('/dev/sdX')}   (timed with /proc/uptime; MB = 10^6 bytes)`,
-      `- A host: prism vsock serve --socket VU --cid ${GUEST_CID} --uds UDS; prism usbip serve --listen unix:UDS_${PORT} --device emulated:storage:IMG --allow busid=1-1  (IMG: ${mib} MiB of zeros)`,
-      `- A guest: socat TCP-LISTEN:${PORT},bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:${PORT} & usbip attach -r 127.0.0.1 -b 1-1`,
-      `- B guest: configfs gadget g (1d6b:0104, mass_storage.0 lun.0 file=/tmp/gadget.img, ${mib} MiB of zeros on tmpfs) on ${field('B-UDC') ?? 'dummy_udc.0'}; usbip bind -b ${field('B-BUSID')?.split(' ')[0] ?? 'BUSID'}; usbipd -4 -D; usbip attach -r 127.0.0.1 -b ${field('B-BUSID')?.split(' ')[0] ?? 'BUSID'}`,
+      `- every row, in the guest: echo 3 > /proc/sys/vm/drop_caches; ${DD('/dev/sdX')}   (timed with /proc/uptime; MB = 10^6 bytes)`,
+      `- A, A' host: prism vsock serve --socket VU --cid ${GUEST_CID} --uds UDS; prism usbip serve --listen unix:UDS_${PORT} --device emulated:storage:IMG --allow busid=1-1  (IMG: ${mib} MiB of zeros)`,
+      ...PRISM_ROWS.map((w) => `- ${label[w].split(' ')[0]} guest: ${SOCAT[w]} & usbip attach -r 127.0.0.1 -b 1-1`),
+      `- B guest: configfs gadget g (1d6b:0104, mass_storage.0 lun.0 file=/tmp/gadget.img, ${mib} MiB of zeros on tmpfs) on ${field('B-UDC') ?? 'dummy_udc.0'} (busid ${busid}); usbip bind -b ${busid}; usbipd -4 -D; usbip attach -r 127.0.0.1 -b ${busid}`,
       '- prism CPU s: utime + stime (/proc/PID/stat) of the prism usbip server and of the vsock device process during the dd (median).',
       ...fails.map((f) => `- guest error: ${f}`),
     ];
