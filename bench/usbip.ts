@@ -3,16 +3,19 @@
 //
 //   A. prism: `prism usbip serve --listen unix:UDS_3240 --device emulated:storage:IMG --allow busid=1-1`
 //      on the host, behind a prism vsock device (`prism vsock serve`, guest CID 3); in the guest
-//      socat turns TCP 127.0.0.1:3240 into VSOCK-CONNECT:2:3240 and the Linux `usbip attach`
-//      imports 1-1 (as test/usbip-guest.test.ts does);
+//      socat turns TCP 127.0.0.1:PORT into VSOCK-CONNECT:2:3240 and the Linux `usbip attach`
+//      imports 1-1 (as test/usbip-guest.test.ts does). Two rows: A with the test's socat exactly,
+//      A' with `nodelay` and a 256 KiB buffer (Nagle on the bridge's TCP side stalls every URB);
 //   B. the kernel path, all inside the same guest: a configfs mass-storage gadget on dummy_hcd
 //      backed by an image in the guest's /tmp, bound to usbip-host (`usbip bind`), exported by the
-//      Debian `usbipd` and imported over loopback TCP with `usbip attach` into vhci-hcd.
+//      Debian `usbipd` (copied in with its libraries) and imported over loopback TCP with
+//      `usbip attach` into vhci-hcd.
 //
-// Each row is `echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/sdX of=/dev/null bs=1M count=N
-// iflag=direct` on the disk vhci-hcd made, timed by the guest (/proc/uptime, 10 ms). The prism row
-// also gives the CPU seconds (utime + stime, /proc/PID/stat) of the prism usbip server and of the
-// vsock device during the dd.
+// Each measurement attaches, runs `echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/sdX of=/dev/null
+// bs=1M count=N iflag=direct` on the disk vhci-hcd made, timed by the guest (/proc/uptime, 10 ms),
+// and detaches; repetitions are interleaved (A A' B, then B A' A, ...), medians reported. The prism
+// rows also give the CPU seconds (utime + stime, /proc/PID/stat) of the prism usbip server and of
+// the vsock device during the dd.
 //
 //   node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--keep]
 //   npm run bench:usbip -- [options]
@@ -31,10 +34,12 @@ const MiB = 1024 * 1024;
 const GUEST_CID = 3;
 const PORT = 3240;
 const TARGET_MBS = 40;
-/** The guest's bridge from the usbip tool's TCP to vsock: exactly as test/usbip-guest.test.ts, and tuned (no Nagle, 256 KiB buffer). */
+/** The guest's bridges from the usbip tool's TCP to vsock: exactly as test/usbip-guest.test.ts, and tuned (no Nagle, 256 KiB buffer). */
+const SOCAT_PORT = { 'prism-test': PORT, 'prism-tuned': PORT + 2 } as const;
+const KERNEL_PORT = PORT + 1;
 const SOCAT = {
-  'prism-test': `socat TCP-LISTEN:${PORT},bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:${PORT}`,
-  'prism-tuned': `socat -b 262144 TCP-LISTEN:${PORT},bind=127.0.0.1,reuseaddr,fork,nodelay VSOCK-CONNECT:2:${PORT}`,
+  'prism-test': `socat TCP-LISTEN:${SOCAT_PORT['prism-test']},bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:${PORT}`,
+  'prism-tuned': `socat -b 262144 TCP-LISTEN:${SOCAT_PORT['prism-tuned']},bind=127.0.0.1,reuseaddr,fork,nodelay VSOCK-CONNECT:2:${PORT}`,
 } as const;
 type PrismRow = keyof typeof SOCAT;
 const PRISM_ROWS = Object.keys(SOCAT) as PrismRow[];
@@ -195,80 +200,81 @@ newdisk() {
   return 1
 }
 disks() { ls /sys/block | grep '^sd' | tr '\\n' ' '; }
-# $1 = row name, $2 = disk
-ddrows() {
-  r=1
-  while [ $r -le ${reps} ]; do
+# One measurement: $1 row, $2 repetition, $3 TCP port, $4 busid. Attach, dd, detach.
+onerow() {
+  before=$(disks)
+  usbip --tcp-port $3 attach -r 127.0.0.1 -b $4 || { fail "$1: usbip attach (rep $2)"; return; }
+  if d=$(newdisk "$before"); then
+    echo "@@DISK $1 $d $(cat /sys/block/$d/size) $(cat /sys/block/$d/queue/max_sectors_kb)"
     echo 3 > /proc/sys/vm/drop_caches
-    echo "@@BEGIN $1 $r"; t0=$(up)
-    out=$(${DD('/dev/$2')} 2>&1) || fail "dd $1: $out"
+    echo "@@BEGIN $1 $2"; t0=$(up)
+    out=$(${DD('/dev/$d')} 2>&1) || fail "$1: dd: $out"
     t1=$(up)
-    echo "@@END $1 $r $t0 $t1 $(echo "$out" | sed -n 's/^\\([0-9]*\\)+0 records in$/\\1/p')"
+    echo "@@END $1 $2 $t0 $t1 $(echo "$out" | sed -n 's/^\\([0-9]*\\)+0 records in$/\\1/p')"
     echo "$out" | sed "s/^/@@DD $1 /"
-    r=$((r+1))
-  done
-}
-
-# ---- A: prism over vsock, once per socat bridge ($1 row, then the socat command) ----
-prismrow() {
-  row=$1; shift
-  "$@" &
-  socat_pid=$!
-  i=0; until usbip list -r 127.0.0.1 > /tmp/list 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; usleep 500000; done
-  sed "s/^/@@A-LIST $row /" /tmp/list
-  before=$(disks); d=
-  if usbip attach -r 127.0.0.1 -b 1-1; then
-    if d=$(newdisk "$before"); then
-      echo "@@A-DISK $row $d $(cat /sys/block/$d/size) $(cat /sys/block/$d/queue/max_sectors_kb)"
-      ddrows $row $d
-    else fail "A $row: no disk after attach"; fi
-    usbip detach -p 0 || fail "A $row: detach"
-  else fail "A $row: usbip attach"; fi
-  kill $socat_pid; wait $socat_pid 2>/dev/null
+  else
+    fail "$1: no disk after attach (rep $2)"; d=
+  fi
+  p=$(usbip port 2>/dev/null | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1)
+  [ -n "$p" ] && { usbip detach -p $p >/dev/null || fail "$1: detach port $p"; }
   i=0; while [ -n "$d" ] && [ -e /sys/block/$d ] && [ $i -lt 50 ]; do i=$((i+1)); usleep 100000; done
   sleep 1
 }
-${PRISM_ROWS.map((r) => `prismrow ${r} ${SOCAT[r]}`).join('\n')}
+waitlist() { # $1 row, $2 port
+  i=0; until usbip --tcp-port $2 list -r 127.0.0.1 > /tmp/list 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; usleep 500000; done
+  sed "s/^/@@LIST $1 /" /tmp/list
+}
 
-# ---- B: kernel usbip-host exporting a configfs gadget on dummy_hcd ----
+# ---- A, A': prism over vsock, one guest socat bridge each ----
+${PRISM_ROWS.map((r) => `${SOCAT[r]} &\nwaitlist ${r} ${SOCAT_PORT[r]}`).join('\n')}
+
+# ---- B: kernel usbip-host exporting a configfs gadget on dummy_hcd, usbipd on ${KERNEL_PORT} ----
+busid=
 kernel() {
-  dd if=/dev/zero of=/tmp/gadget.img bs=1M count=${mib} 2>/dev/null || { fail "B: cannot make /tmp/gadget.img"; return; }
-  grep -q ' /sys/kernel/config ' /proc/mounts || mount -t configfs none /sys/kernel/config || { fail "B: mount configfs"; return; }
+  dd if=/dev/zero of=/tmp/gadget.img bs=1M count=${mib} 2>/dev/null || { fail "kernel: cannot make /tmp/gadget.img"; return; }
+  grep -q ' /sys/kernel/config ' /proc/mounts || mount -t configfs none /sys/kernel/config || { fail "kernel: mount configfs"; return; }
   g=/sys/kernel/config/usb_gadget/g
-  mkdir -p $g || { fail "B: mkdir gadget"; return; }
+  mkdir -p $g || { fail "kernel: mkdir gadget"; return; }
   echo 0x1d6b > $g/idVendor; echo 0x0104 > $g/idProduct
   mkdir -p $g/strings/0x409
   echo prism-bench > $g/strings/0x409/serialnumber; echo prism > $g/strings/0x409/manufacturer; echo gadget-storage > $g/strings/0x409/product
   mkdir -p $g/configs/c.1 $g/functions/mass_storage.0
-  echo /tmp/gadget.img > $g/functions/mass_storage.0/lun.0/file || { fail "B: lun file"; return; }
-  ln -s $g/functions/mass_storage.0 $g/configs/c.1/ || { fail "B: link function"; return; }
+  echo /tmp/gadget.img > $g/functions/mass_storage.0/lun.0/file || { fail "kernel: lun file"; return; }
+  ln -s $g/functions/mass_storage.0 $g/configs/c.1/ || { fail "kernel: link function"; return; }
   udc=$(ls /sys/class/udc | head -n1)
   echo "@@B-UDC $udc"
-  echo "$udc" > $g/UDC || { fail "B: bind UDC"; return; }
-  busid=
+  echo "$udc" > $g/UDC || { fail "kernel: bind UDC"; return; }
+  b=
   i=0
-  while [ -z "$busid" ] && [ $i -lt 100 ]; do
+  while [ -z "$b" ] && [ $i -lt 100 ]; do
     for d in /sys/bus/usb/devices/*-*; do
       case \${d##*/} in *:*) continue ;; esac
-      [ "$(cat $d/idVendor 2>/dev/null)" = 1d6b ] && [ "$(cat $d/idProduct 2>/dev/null)" = 0104 ] && readlink -f $d | grep -q dummy_hcd && busid=\${d##*/}
+      [ "$(cat $d/idVendor 2>/dev/null)" = 1d6b ] && [ "$(cat $d/idProduct 2>/dev/null)" = 0104 ] && readlink -f $d | grep -q dummy_hcd && b=\${d##*/}
     done
     i=$((i+1)); usleep 100000
   done
-  [ -n "$busid" ] || { fail "B: gadget not enumerated on dummy_hcd"; return; }
-  echo "@@B-BUSID $busid $(readlink -f /sys/bus/usb/devices/$busid)"
+  [ -n "$b" ] || { fail "kernel: gadget not enumerated on dummy_hcd"; return; }
+  echo "@@B-BUSID $b $(readlink -f /sys/bus/usb/devices/$b)"
   usleep 500000
-  usbip bind -b $busid || { fail "B: usbip bind"; return; }
-  usbipd -4 -D || { fail "B: usbipd"; return; }
-  i=0; until usbip list -r 127.0.0.1 > /tmp/list 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; usleep 500000; done
-  sed 's/^/@@B-LIST /' /tmp/list
-  before=$(disks)
-  usbip attach -r 127.0.0.1 -b $busid || { fail "B: usbip attach"; return; }
-  d=$(newdisk "$before") || { fail "B: no disk after attach"; return; }
-  echo "@@B-DISK $d $(cat /sys/block/$d/size) $(cat /sys/block/$d/queue/max_sectors_kb) $(readlink -f /sys/block/$d | grep -o 'vhci_hcd[^/]*')"
-  ddrows kernel $d
-  usbip detach -p $(usbip port 2>/dev/null | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1) || fail "B: detach"
+  usbip bind -b $b || { fail "kernel: usbip bind"; return; }
+  usbipd -4 -D -t ${KERNEL_PORT} || { fail "kernel: usbipd"; return; }
+  waitlist kernel ${KERNEL_PORT}
+  busid=$b
 }
 kernel
+
+# ---- the measurements, interleaved: rows in order in odd repetitions, reversed in even ones ----
+r=1
+while [ $r -le ${reps} ]; do
+  if [ $((r % 2)) = 1 ]; then rows="${[...PRISM_ROWS, 'kernel'].join(' ')}"; else rows="${['kernel', ...[...PRISM_ROWS].reverse()].join(' ')}"; fi
+  for row in $rows; do
+    case $row in
+${PRISM_ROWS.map((r) => `      ${r}) onerow ${r} $r ${SOCAT_PORT[r]} 1-1 ;;`).join('\n')}
+      kernel) [ -n "$busid" ] && onerow kernel $r ${KERNEL_PORT} $busid ;;
+    esac
+  done
+  r=$((r+1))
+done
 exit 0
 `;
 }
@@ -367,14 +373,14 @@ async function main(): Promise<void> {
       'prism-tuned': "A' prism usbip serve, vsock; guest socat nodelay -b 256K",
       kernel: 'B  kernel usbip-host + usbipd, loopback TCP',
     };
-    const failPrefix: Record<Exporter, string> = { 'prism-test': 'A prism-test:', 'prism-tuned': 'A prism-tuned:', kernel: 'B:' };
+    const failPrefix: Record<Exporter, string> = { 'prism-test': 'prism-test:', 'prism-tuned': 'prism-tuned:', kernel: 'kernel:' };
     const order: Exporter[] = [...PRISM_ROWS, 'kernel'];
     const header = ['exporter', 'MB/s', 'MiB/s', 'seconds', 'prism CPU s (server + vsock dev)', 'disk (sectors, max_sectors_kb)'];
     const rows: string[][] = order.map((w) => {
       const xs = okSamples(samples[w]);
       if (xs.length === 0) return [label[w], `not measured: ${fails.filter((f) => f.startsWith(failPrefix[w])).join('; ') || 'no complete dd result (see the console log, --keep)'}`];
       const r = rateOf(w);
-      const disk = (w === 'kernel' ? field('B-DISK') : field(`A-DISK ${w}`))?.split(' ');
+      const disk = field(`DISK ${w}`)?.split(' ');
       return [
         label[w],
         fmt(r),
@@ -411,8 +417,8 @@ async function main(): Promise<void> {
       '',
       `- every row, in the guest: echo 3 > /proc/sys/vm/drop_caches; ${DD('/dev/sdX')}   (timed with /proc/uptime; MB = 10^6 bytes)`,
       `- A, A' host: prism vsock serve --socket VU --cid ${GUEST_CID} --uds UDS; prism usbip serve --listen unix:UDS_${PORT} --device emulated:storage:IMG --allow busid=1-1  (IMG: ${mib} MiB of zeros)`,
-      ...PRISM_ROWS.map((w) => `- ${label[w].split(' ')[0]} guest: ${SOCAT[w]} & usbip attach -r 127.0.0.1 -b 1-1`),
-      `- B guest: configfs gadget g (1d6b:0104, mass_storage.0 lun.0 file=/tmp/gadget.img, ${mib} MiB of zeros on tmpfs) on ${field('B-UDC') ?? 'dummy_udc.0'} (busid ${busid}); usbip bind -b ${busid}; usbipd -4 -D; usbip attach -r 127.0.0.1 -b ${busid}`,
+      ...PRISM_ROWS.map((w) => `- ${label[w].split(' ')[0]} guest: ${SOCAT[w]} & usbip --tcp-port ${SOCAT_PORT[w]} attach -r 127.0.0.1 -b 1-1`),
+      `- B guest: configfs gadget g (1d6b:0104, mass_storage.0 lun.0 file=/tmp/gadget.img, ${mib} MiB of zeros on tmpfs) on ${field('B-UDC') ?? 'dummy_udc.0'} (busid ${busid}); usbip bind -b ${busid}; usbipd -4 -D -t ${KERNEL_PORT}; usbip --tcp-port ${KERNEL_PORT} attach -r 127.0.0.1 -b ${busid}`,
       '- prism CPU s: utime + stime (/proc/PID/stat) of the prism usbip server and of the vsock device process during the dd (median).',
       ...fails.map((f) => `- guest error: ${f}`),
     ];
