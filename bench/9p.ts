@@ -21,12 +21,11 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { NinePClient } from '../src/9p/client.js';
 import { labPaths, runGuest } from '../lab/guest.js';
+import { CLK_TCK, REPO, cpuSeconds, distStale, machineBusySeconds, median, sleep } from './common.js';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '');
 const MiB = 1024 * 1024;
 
 // --- options -------------------------------------------------------------------------------------
@@ -86,66 +85,11 @@ const log = (msg: string): void => {
 
 // --- helpers -------------------------------------------------------------------------------------
 
-const CLK_TCK = ((): number => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** utime + stime of a process (all its threads), in seconds. */
-function cpuSeconds(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Fields after "(comm)": state is field 3, utime 14, stime 15.
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
-}
-
-/** Busy CPU seconds of the whole machine (all CPUs, from /proc/stat; steal counted as busy). */
-function machineBusySeconds(): number {
-  const f = (fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
-  // user nice system idle iowait irq softirq steal (guest time is already inside user)
-  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f;
-  return (user + nice + system + irq + softirq + steal) / CLK_TCK;
-}
-
 /** CPU seconds of this process and of the children it has reaped (diodcat, QEMU). */
 function selfAndReapedSeconds(): number {
   const stat = fs.readFileSync('/proc/self/stat', 'utf8');
   const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(rest[11]) + Number(rest[12]) + Number(rest[13]) + Number(rest[14])) / CLK_TCK;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  if (n === 0) return NaN;
-  return n % 2 === 1 ? (s[(n - 1) / 2] as number) : ((s[n / 2 - 1] as number) + (s[n / 2] as number)) / 2;
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function walkTs(dir: string, out: string[] = []): string[] {
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) walkTs(p, out);
-    else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) out.push(p);
-  }
-  return out;
-}
-
-/** Why dist/ cannot stand for src/ (a missing or older .js), or null when it is up to date. */
-function distStale(): string | null {
-  const main = path.join(REPO, 'dist/src/cli/main.js');
-  if (!fs.existsSync(main)) return 'dist/src/cli/main.js is missing';
-  for (const ts of walkTs(path.join(REPO, 'src'))) {
-    const rel = path.relative(REPO, ts).replace(/\.ts$/, '.js');
-    const js = path.join(REPO, 'dist', rel);
-    if (!fs.existsSync(js)) return `dist/${rel} is missing`;
-    if (fs.statSync(js).mtimeMs < fs.statSync(ts).mtimeMs) return `dist/${rel} is older than ${path.relative(REPO, ts)}`;
-  }
-  return null;
 }
 
 // --- processes we start (and only those are ever killed) -----------------------------------------

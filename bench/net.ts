@@ -19,11 +19,10 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { PortStatus } from '../src/net/server.js';
+import { REPO, cpuSeconds, machineBusySeconds, median, sleep } from './common.js';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '');
 const TESTPMD_INSTALL = 'apt-get install --no-install-recommends dpdk-dev';
 
 // --- options -------------------------------------------------------------------------------------
@@ -87,41 +86,6 @@ const log = (msg: string): void => {
 };
 
 // --- helpers -------------------------------------------------------------------------------------
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function median(xs: number[]): number {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  const n = s.length;
-  if (n === 0) return NaN;
-  return n % 2 === 1 ? (s[(n - 1) / 2] as number) : ((s[n / 2 - 1] as number) + (s[n / 2] as number)) / 2;
-}
-
-const CLK_TCK = ((): number => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** utime + stime of a process (all its threads), in seconds; NaN once it is gone. */
-function cpuSeconds(pid: number): number {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // state is field 3: rest[0]
-    return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
-  } catch {
-    return NaN;
-  }
-}
-
-/** Busy CPU seconds of the whole machine (all CPUs, from /proc/stat; steal counted as busy). */
-function machineBusySeconds(): number {
-  const f = (fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
-  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f;
-  return (user + nice + system + irq + softirq + steal) / CLK_TCK;
-}
 
 function findTestpmd(): string | null {
   for (const dir of (process.env.PATH ?? '/usr/bin').split(':')) {

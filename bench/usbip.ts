@@ -25,11 +25,10 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { labPaths, runGuest, type GuestFile } from '../lab/guest.js';
+import { REPO, cpuSeconds, median, sleep } from './common.js';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '');
 const MiB = 1024 * 1024;
 const GUEST_CID = 3;
 const PORT = 3240;
@@ -80,29 +79,6 @@ const commandLine = ((): string => {
 const log = (msg: string): void => {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 };
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-const CLK_TCK = ((): number => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** utime + stime of a process (all its threads), in seconds. */
-function cpuSeconds(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  if (n === 0) return NaN;
-  return n % 2 === 1 ? (s[(n - 1) / 2] as number) : ((s[n / 2 - 1] as number) + (s[n / 2] as number)) / 2;
-}
 
 // --- processes we start (only those are ever killed) ---------------------------------------------
 

@@ -21,19 +21,18 @@
 //   npm run bench:vsock -- [options]
 //
 // Needs the guest lab (`bash lab/setup.sh`).
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { labPaths, runGuest } from '../lab/guest.js';
 import { dial, listen, type Listener } from '../src/transport/index.js';
+import { REPO, cpuSeconds, distStale, median, sleep } from './common.js';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '');
 const MiB = 1024 * 1024;
 const GUEST_CID = 3;
 const UP_PORT = 5000;
@@ -90,52 +89,6 @@ const log = (msg: string): void => {
 };
 
 // --- helpers -------------------------------------------------------------------------------------
-
-const CLK_TCK = ((): number => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** utime + stime of a process (all its threads), in seconds. */
-function cpuSeconds(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  if (n === 0) return NaN;
-  return n % 2 === 1 ? (s[(n - 1) / 2] as number) : ((s[n / 2 - 1] as number) + (s[n / 2] as number)) / 2;
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function walkTs(dir: string, out: string[] = []): string[] {
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) walkTs(p, out);
-    else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) out.push(p);
-  }
-  return out;
-}
-
-/** Why dist/ cannot stand for src/ (a missing or older .js), or null when it is up to date. */
-function distStale(): string | null {
-  const main = path.join(REPO, 'dist/src/cli/main.js');
-  if (!fs.existsSync(main)) return 'dist/src/cli/main.js is missing';
-  for (const ts of walkTs(path.join(REPO, 'src'))) {
-    const rel = path.relative(REPO, ts).replace(/\.ts$/, '.js');
-    const js = path.join(REPO, 'dist', rel);
-    if (!fs.existsSync(js)) return `dist/${rel} is missing`;
-    if (fs.statSync(js).mtimeMs < fs.statSync(ts).mtimeMs) return `dist/${rel} is older than ${path.relative(REPO, ts)}`;
-  }
-  return null;
-}
 
 /** Writes `mib` MiB (the same random MiB again and again) with back-pressure, then ends if asked. */
 async function writeMiB(s: Duplex, chunk: Buffer, mib: number, end: boolean): Promise<void> {
