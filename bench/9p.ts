@@ -24,7 +24,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { NinePClient } from '../src/9p/client.js';
 import { labPaths, runGuest } from '../lab/guest.js';
-import { CLK_TCK, REPO, cpuSeconds, distStale, machineBusySeconds, median, sleep } from './common.js';
+import { REPO, alive, CLK_TCK, cpuSeconds, distStale, killAllNow, machineBusySeconds, median, sleep, stopChild, track } from './common.js';
 
 const MiB = 1024 * 1024;
 
@@ -93,41 +93,6 @@ function selfAndReapedSeconds(): number {
 }
 
 // --- processes we start (and only those are ever killed) -----------------------------------------
-
-const children = new Set<ChildProcess>();
-
-function track(child: ChildProcess): ChildProcess {
-  children.add(child);
-  child.once('exit', () => children.delete(child));
-  return child;
-}
-
-function alive(child: ChildProcess): boolean {
-  return child.exitCode === null && child.signalCode === null;
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (!alive(child) || child.pid === undefined) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  process.kill(child.pid, 'SIGTERM');
-  const t = setTimeout(() => {
-    if (alive(child) && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-  }, 3000);
-  await exited;
-  clearTimeout(t);
-}
-
-function killAllNow(): void {
-  for (const c of children) {
-    if (alive(c) && c.pid !== undefined) {
-      try {
-        process.kill(c.pid, 'SIGKILL');
-      } catch {
-        // gone already
-      }
-    }
-  }
-}
 
 // --- servers -------------------------------------------------------------------------------------
 

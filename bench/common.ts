@@ -1,6 +1,6 @@
 // Helpers every bench shares: process and machine CPU time from /proc, medians, and whether
 // dist/ is current enough to run prism from (faster start-up than tsx).
-import { execFileSync } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -64,4 +64,44 @@ export function distStale(): string | null {
     if (fs.statSync(js).mtimeMs < fs.statSync(ts).mtimeMs) return `dist/${rel} is older than ${path.relative(REPO, ts)}`;
   }
   return null;
+}
+
+// --- processes a bench starts (and only those are ever killed) -----------------------------------
+
+const children = new Set<ChildProcess>();
+
+/** Remembers a child this bench started, so killAllNow() can end it. */
+export function track(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
+export function alive(child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null;
+}
+
+/** SIGTERM, then SIGKILL after 3 s; resolves when the child has exited. */
+export async function stopChild(child: ChildProcess): Promise<void> {
+  if (!alive(child) || child.pid === undefined) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  process.kill(child.pid, 'SIGTERM');
+  const t = setTimeout(() => {
+    if (alive(child) && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+  }, 3000);
+  await exited;
+  clearTimeout(t);
+}
+
+/** SIGKILL to every tracked child still running (error and signal paths). */
+export function killAllNow(): void {
+  for (const c of children) {
+    if (alive(c) && c.pid !== undefined) {
+      try {
+        process.kill(c.pid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+  }
 }

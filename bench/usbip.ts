@@ -27,7 +27,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { labPaths, runGuest, type GuestFile } from '../lab/guest.js';
-import { REPO, cpuSeconds, median, sleep } from './common.js';
+import { REPO, alive, cpuSeconds, killAllNow, median, sleep, stopChild, track } from './common.js';
 
 const MiB = 1024 * 1024;
 const GUEST_CID = 3;
@@ -82,31 +82,6 @@ const log = (msg: string): void => {
 
 // --- processes we start (only those are ever killed) ---------------------------------------------
 
-const children = new Set<ChildProcess>();
-const alive = (c: ChildProcess): boolean => c.exitCode === null && c.signalCode === null;
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (!alive(child) || child.pid === undefined) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  process.kill(child.pid, 'SIGTERM');
-  const t = setTimeout(() => {
-    if (alive(child) && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-  }, 3000);
-  await exited;
-  clearTimeout(t);
-}
-
-function killAllNow(): void {
-  for (const c of children) {
-    if (alive(c) && c.pid !== undefined) {
-      try {
-        process.kill(c.pid, 'SIGKILL');
-      } catch {
-        // gone already
-      }
-    }
-  }
-}
 
 interface Proc {
   name: string;
@@ -124,8 +99,7 @@ function startPrism(name: string, args: string[], work: string): Proc {
   } finally {
     fs.closeSync(logFd);
   }
-  children.add(child);
-  child.once('exit', () => children.delete(child));
+  track(child);
   if (child.pid === undefined) throw new Error(`cannot start ${name}`);
   return { name, child, pid: child.pid, logPath };
 }

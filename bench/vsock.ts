@@ -31,7 +31,7 @@ import type { Duplex } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { labPaths, runGuest } from '../lab/guest.js';
 import { dial, listen, type Listener } from '../src/transport/index.js';
-import { REPO, cpuSeconds, distStale, median, sleep } from './common.js';
+import { REPO, alive, cpuSeconds, distStale, killAllNow, median, sleep, stopChild, track } from './common.js';
 
 const MiB = 1024 * 1024;
 const GUEST_CID = 3;
@@ -105,35 +105,6 @@ async function writeMiB(s: Duplex, chunk: Buffer, mib: number, end: boolean): Pr
 
 // --- processes we start (and only those are ever killed) -----------------------------------------
 
-const children = new Set<ChildProcess>();
-
-function alive(child: ChildProcess): boolean {
-  return child.exitCode === null && child.signalCode === null;
-}
-
-async function stopChild(child: ChildProcess): Promise<void> {
-  if (!alive(child) || child.pid === undefined) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  process.kill(child.pid, 'SIGTERM');
-  const t = setTimeout(() => {
-    if (alive(child) && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
-  }, 3000);
-  await exited;
-  clearTimeout(t);
-}
-
-function killAllNow(): void {
-  for (const c of children) {
-    if (alive(c) && c.pid !== undefined) {
-      try {
-        process.kill(c.pid, 'SIGKILL');
-      } catch {
-        // gone already
-      }
-    }
-  }
-}
-
 interface Proc {
   name: string;
   child: ChildProcess;
@@ -151,8 +122,7 @@ function startPrism(name: string, args: string[], work: string, runner: 'dist' |
   } finally {
     fs.closeSync(logFd);
   }
-  children.add(child);
-  child.once('exit', () => children.delete(child));
+  track(child);
   if (child.pid === undefined) throw new Error(`cannot start ${name}`);
   return { name, child, pid: child.pid, logPath };
 }
