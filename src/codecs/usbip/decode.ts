@@ -32,6 +32,7 @@ import {
   SETUP_SIZE,
   USBIP_VERSION,
 } from './constants.js';
+import { ByteQueue } from '../byte-queue.js';
 import { DecodeError, ProtocolError, type UsbipErrorDetails, type UsbipErrorReason } from './errors.js';
 import type {
   CmdSubmit,
@@ -452,65 +453,6 @@ export function decodeSetup(setup: Uint8Array): SetupPacket {
 
 // --- stream readers ----------------------------------------------------------------------------
 
-/** Received bytes not yet returned as messages: a list of chunks, read without joining them. */
-class ByteQueue {
-  private chunks: Buffer[] = [];
-  length = 0;
-
-  push(chunk: Buffer): void {
-    if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.length += chunk.length;
-  }
-
-  /** Bytes [at, at + n), which must be buffered: a view when they lie in one chunk, else a copy. */
-  readonly peek: Peek = (at, n) => {
-    let rel = at;
-    for (const c of this.chunks) {
-      if (rel >= c.length) {
-        rel -= c.length;
-        continue;
-      }
-      if (rel + n <= c.length) return c.subarray(rel, rel + n);
-      break;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let have = 0;
-    let skip = at;
-    for (const c of this.chunks) {
-      if (have === n) break;
-      if (skip >= c.length) {
-        skip -= c.length;
-        continue;
-      }
-      have += c.copy(out, have, skip, Math.min(c.length, skip + n - have));
-      skip = 0;
-    }
-    return out;
-  };
-
-  /** Removes and returns the first `size` bytes (a view when they lie in one chunk). */
-  take(size: number): Buffer {
-    this.length -= size;
-    const first = this.chunks[0] as Buffer;
-    if (first.length >= size) {
-      if (first.length === size) this.chunks.shift();
-      else this.chunks[0] = first.subarray(size);
-      return first.subarray(0, size);
-    }
-    const out = Buffer.allocUnsafe(size); // every byte is copied in below
-    let have = 0;
-    while (have < size) {
-      const c = this.chunks[0] as Buffer;
-      const n = Math.min(c.length, size - have);
-      c.copy(out, have, 0, n);
-      have += n;
-      if (n === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(n);
-    }
-    return out;
-  }
-}
 
 abstract class Reader<M> {
   private readonly queue = new ByteQueue();

@@ -23,6 +23,7 @@ import {
   type FrontendRequestName,
   isNoPayloadRequest,
 } from './constants.js';
+import { ByteQueue } from '../byte-queue.js';
 import { DecodeError, ProtocolError } from './errors.js';
 import type {
   BackendMessage,
@@ -77,8 +78,7 @@ export interface MessageReaderOptions {
  * the caller to close.
  */
 export class MessageReader {
-  private chunks: Buffer[] = [];
-  private length = 0;
+  private readonly queue = new ByteQueue();
   /** Stream offset of the first byte not yet returned. */
   private consumed = 0;
   /** fds waiting for their message: the stream offset of the byte that owns them. */
@@ -100,7 +100,7 @@ export class MessageReader {
 
   /** Bytes pushed and not yet returned by next(). */
   get bufferedBytes(): number {
-    return this.length;
+    return this.queue.length;
   }
 
   /** fds pushed and not yet returned by next(). */
@@ -113,13 +113,11 @@ export class MessageReader {
     if (fds.length > 0) {
       // The owner is the chunk's last byte; with no bytes the fds belong to nothing that is still
       // unread (offset consumed - 1 or earlier): next() reports them.
-      const at = this.consumed + this.length + chunk.length - 1;
+      const at = this.consumed + this.queue.length + chunk.length - 1;
       this.pending.push({ at, fds: [...fds] });
       this.pendingCount += fds.length;
     }
-    if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.length += chunk.length;
+    this.queue.push(chunk);
   }
 
   /** Returns the next whole message with its fds, or null until more bytes arrive. */
@@ -129,15 +127,15 @@ export class MessageReader {
     if (first !== undefined && first.at < this.consumed) {
       return this.fail(new ProtocolError(`${first.fds.length} fds arrived without bytes to carry them`, 'fds', 0, this.maxPayload));
     }
-    if (this.length < HEADER_SIZE) return this.checkFdsUpTo(this.consumed + this.length);
-    const size = this.peekU32(8);
+    if (this.queue.length < HEADER_SIZE) return this.checkFdsUpTo(this.consumed + this.queue.length);
+    const size = this.queue.peek(8, 4).readUInt32LE(0);
     if (size > this.maxPayload) {
       return this.fail(
         new ProtocolError(`vhost-user payload size ${size} exceeds the limit of ${this.maxPayload} bytes`, 'size', size, this.maxPayload),
       );
     }
     const total = HEADER_SIZE + size;
-    if (this.length < total) return this.checkFdsUpTo(this.consumed + this.length);
+    if (this.queue.length < total) return this.checkFdsUpTo(this.consumed + this.queue.length);
     const end = this.consumed + total;
     const fds = this.takeFdsBefore(end);
     if (fds.length > this.maxFds) {
@@ -145,7 +143,8 @@ export class MessageReader {
       this.pendingCount += fds.length;
       return this.fail(new ProtocolError(`${fds.length} fds came with one message; at most ${this.maxFds}`, 'fds', 0, this.maxPayload));
     }
-    return { bytes: this.take(total), fds };
+    this.consumed += total;
+    return { bytes: this.queue.take(total), fds };
   }
 
   /** Hands back every fd the reader still holds (for the caller to close) and forgets them. */
@@ -185,46 +184,6 @@ export class MessageReader {
       this.pendingCount -= mine.length;
     }
     return mine;
-  }
-
-  private peekU32(at: number): number {
-    const first = this.chunks[0] as Buffer;
-    if (first.length >= at + 4) return first.readUInt32LE(at);
-    const bytes = Buffer.allocUnsafe(4);
-    let skip = at;
-    let have = 0;
-    for (const c of this.chunks) {
-      if (skip >= c.length) {
-        skip -= c.length;
-        continue;
-      }
-      have += c.copy(bytes, have, skip, Math.min(c.length, skip + 4 - have));
-      skip = 0;
-      if (have === 4) break;
-    }
-    return bytes.readUInt32LE(0);
-  }
-
-  private take(size: number): Buffer {
-    this.length -= size;
-    this.consumed += size;
-    const first = this.chunks[0] as Buffer;
-    if (first.length >= size) {
-      if (first.length === size) this.chunks.shift();
-      else this.chunks[0] = first.subarray(size);
-      return first.subarray(0, size);
-    }
-    const out = Buffer.allocUnsafe(size); // every byte is copied in below
-    let have = 0;
-    while (have < size) {
-      const c = this.chunks[0] as Buffer;
-      const n = Math.min(c.length, size - have);
-      c.copy(out, have, 0, n);
-      have += n;
-      if (n === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(n);
-    }
-    return out;
   }
 }
 
