@@ -24,7 +24,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { NinePClient } from '../src/9p/client.js';
 import { labPaths, runGuest } from '../lab/guest.js';
-import { REPO, alive, CLK_TCK, cpuSeconds, distStale, killAllNow, machineBusySeconds, median, sleep, stopChild, track } from './common.js';
+import { REPO, alive, CLK_TCK, cpuSeconds, distStale, fmt, killAllNow, machineBusySeconds, median, sleep, stopChild, track } from './common.js';
 
 const MiB = 1024 * 1024;
 
@@ -398,11 +398,6 @@ exit 0
 }
 
 // --- output --------------------------------------------------------------------------------------
-
-function fmt(v: number): string {
-  if (!Number.isFinite(v)) return '-';
-  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
-}
 
 function summary(row: Row): { prism: number; diod: number; ratio: number; prismCpu: number; diodCpu: number } {
   const prism = median(row.samples.prism.map((s) => s.value));

@@ -42,6 +42,12 @@ export function median(xs: number[]): number {
   return n % 2 === 1 ? (s[(n - 1) / 2] as number) : ((s[n / 2 - 1] as number) + (s[n / 2] as number)) / 2;
 }
 
+/** A figure with two or three significant digits; '-' for NaN or infinity. */
+export function fmt(v: number): string {
+  if (!Number.isFinite(v)) return '-';
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function walkTs(dir: string, out: string[] = []): string[] {

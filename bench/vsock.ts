@@ -31,7 +31,7 @@ import type { Duplex } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { labPaths, runGuest } from '../lab/guest.js';
 import { dial, listen, type Listener } from '../src/transport/index.js';
-import { REPO, alive, cpuSeconds, distStale, killAllNow, median, sleep, stopChild, track } from './common.js';
+import { REPO, alive, cpuSeconds, distStale, fmt, killAllNow, median, sleep, stopChild, track } from './common.js';
 
 const MiB = 1024 * 1024;
 const GUEST_CID = 3;
@@ -411,11 +411,6 @@ async function runBench(work: string, uds: string, serialSock: string, rawSock: 
 }
 
 // --- output --------------------------------------------------------------------------------------
-
-function fmt(v: number): string {
-  if (!Number.isFinite(v)) return '-';
-  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
-}
 
 function summary(row: Row): { vsock: number; serial: number; ratio: number; vsockCpu: number; serialCpu: number } {
   const vsock = median(row.samples.vsock.map((s) => s.value));
