@@ -22,8 +22,17 @@ export interface DeviceLocation {
 
 type DeviceFactory = (spec: string, location: DeviceLocation) => Promise<UsbDevice>;
 
-function notYet(what: string): DeviceFactory {
-  return (spec) => Promise.reject(new UsageError(`${spec}: ${what} devices are not implemented yet (use emulated:storage:IMAGE or emulated:keyboard)`));
+/** Loads a device module only when a spec needs it (host: loads the libusb addon) and turns its spec errors into usage errors. */
+function lazy<E extends Error>(load: () => Promise<{ open: DeviceFactory; SpecError: new (...a: never[]) => E }>): DeviceFactory {
+  return async (spec, location) => {
+    const { open, SpecError } = await load();
+    try {
+      return await open(spec, location);
+    } catch (e) {
+      if (e instanceof SpecError) throw new UsageError(e.message);
+      throw e;
+    }
+  };
 }
 
 /** kind → factory. */
@@ -37,10 +46,16 @@ export const DEVICE_KINDS: Readonly<Record<string, DeviceFactory>> = {
       throw e;
     }
   },
-  /** host:VID:PID or host:BUS-PORT: a real device through libusb (planned). */
-  host: notYet('host: (libusb)'),
-  /** kernel:BUSID: the kernel's usbip-host data path (planned). */
-  kernel: notYet('kernel: (usbip-host)'),
+  /** host:VID:PID or host:BUS-PORT: a real device through libusb (src/usbip/host.ts). */
+  host: lazy(async () => {
+    const m = await import('../usbip/host.js');
+    return { open: m.openHostDevice, SpecError: m.HostSpecError };
+  }),
+  /** kernel:BUSID: the kernel's usbip-host data path (src/usbip/kernel.ts). */
+  kernel: lazy(async () => {
+    const m = await import('../usbip/kernel.js');
+    return { open: m.openKernelDevice, SpecError: m.KernelSpecError };
+  }),
 };
 
 /** Makes the devices of the --device specs, in order, with bus IDs 1-1, 1-2, ... */
