@@ -743,7 +743,7 @@ describe('usbip server: configuration, listeners, shutdown', () => {
     assert.equal(server.connectionCount, 0);
   });
 
-  it('prism usbip serve makes devices from specs: bus IDs 1-1, 1-2 in order; unknown and planned kinds say so', async () => {
+  it('prism usbip serve makes devices from specs: bus IDs 1-1, 1-2 in order; unknown and planned kinds say so, a missing kernel: device is named', async () => {
     assert.deepEqual(Object.keys(DEVICE_KINDS).sort(), ['emulated', 'host', 'kernel']);
     const devices = await createDevices(['emulated:keyboard:hi', 'emulated:keyboard']);
     assert.deepEqual(devices.map((d) => [d.info.busid, d.info.busnum, d.info.devnum]), [['1-1', 1, 2], ['1-2', 1, 3]]);
@@ -751,7 +751,9 @@ describe('usbip server: configuration, listeners, shutdown', () => {
     await assert.rejects(createDevices(['usb:1-1']), (e: unknown) => e instanceof UsageError && /unknown kind "usb"/.test(e.message));
     await assert.rejects(createDevices(['nocolon']), (e: unknown) => e instanceof UsageError && /unknown kind/.test(e.message));
     await assert.rejects(createDevices(['host:1d6b:0104']), (e: unknown) => e instanceof UsageError && /not implemented yet/.test(e.message));
-    await assert.rejects(createDevices(['kernel:1-1']), (e: unknown) => e instanceof UsageError && /not implemented yet/.test(e.message));
+    // kernel: reads sysfs: a bus ID this machine does not have is refused, naming where it looked.
+    await assert.rejects(createDevices(['kernel:999-9']), (e: unknown) => e instanceof UsageError && /no USB device 999-9: \/sys\/bus\/usb\/devices\/999-9 does not exist/.test(e.message));
+    await assert.rejects(createDevices(['kernel:1-1:1.0']), (e: unknown) => e instanceof UsageError && /not a USB device's/.test(e.message));
     await assert.rejects(createDevices(['emulated:printer']), UsageError);
   });
 

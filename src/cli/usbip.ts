@@ -62,13 +62,27 @@ export const DEVICE_KINDS: Readonly<Record<string, DeviceFactory>> = {
 export async function createDevices(specs: readonly string[]): Promise<UsbDevice[]> {
   if (specs.length > 254) throw new UsageError(`${specs.length} devices; at most 254`);
   const out: UsbDevice[] = [];
-  for (const [i, spec] of specs.entries()) {
-    const kind = spec.slice(0, spec.indexOf(':') >>> 0);
-    const factory = Object.hasOwn(DEVICE_KINDS, kind) ? DEVICE_KINDS[kind] : undefined;
-    if (factory === undefined) throw new UsageError(`--device ${spec}: unknown kind "${kind}" (known: ${Object.keys(DEVICE_KINDS).map((k) => `${k}:`).join(', ')})`);
-    out.push(await factory(spec, { busid: `1-${i + 1}`, busnum: 1, devnum: i + 2 }));
+  try {
+    for (const [i, spec] of specs.entries()) {
+      const kind = spec.slice(0, spec.indexOf(':') >>> 0);
+      const factory = Object.hasOwn(DEVICE_KINDS, kind) ? DEVICE_KINDS[kind] : undefined;
+      if (factory === undefined) throw new UsageError(`--device ${spec}: unknown kind "${kind}" (known: ${Object.keys(DEVICE_KINDS).map((k) => `${k}:`).join(', ')})`);
+      out.push(await factory(spec, { busid: `1-${i + 1}`, busnum: 1, devnum: i + 2 }));
+    }
+  } catch (e) {
+    // A kernel: device made before a later spec failed goes back to its driver.
+    await closeDevices(out, () => undefined);
+    throw e;
   }
   return out;
+}
+
+/** Gives every device back (kernel: devices return to their host driver); failures are logged. */
+async function closeDevices(devices: readonly UsbDevice[], warn: (busid: string, e: Error) => void): Promise<void> {
+  const results = await Promise.allSettled(devices.map(async (d) => d.close?.()));
+  results.forEach((r, i) => {
+    if (r.status === 'rejected') warn(devices[i]?.info.busid ?? '?', r.reason as Error);
+  });
 }
 
 function collect(v: string, previous: string[]): string[] {
@@ -106,18 +120,26 @@ async function runServe(opts: ServeCli): Promise<void> {
   if (opts.listen.length === 0) throw new UsageError('give at least one --listen ADDR');
   if (opts.device.length === 0) throw new UsageError('give at least one --device SPEC');
   const devices = await createDevices(opts.device);
-  const server = new UsbipServer(devices, {
-    policy: new UsbipPolicy(opts.allow),
-    maxConnections: opts.maxConnections,
-    maxConnectionsPerPeer: opts.maxConnectionsPerPeer,
-    maxInflight: opts.maxInflight,
-    log: (level, msg, fields) => log[level](fields ?? {}, msg),
-  });
+  const closeAll = (): Promise<void> => closeDevices(devices, (busid, e) => log.warn({ busid, error: e.message }, 'usbip device could not be given back'));
+  let server: UsbipServer;
+  try {
+    server = new UsbipServer(devices, {
+      policy: new UsbipPolicy(opts.allow),
+      maxConnections: opts.maxConnections,
+      maxConnectionsPerPeer: opts.maxConnectionsPerPeer,
+      maxInflight: opts.maxInflight,
+      log: (level, msg, fields) => log[level](fields ?? {}, msg),
+    });
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
   const listeners: Listener[] = [];
   try {
     for (const a of opts.listen) listeners.push(await listen(a));
   } catch (e) {
     await Promise.all(listeners.map((l) => l.close()));
+    await closeAll();
     throw e;
   }
   for (const l of listeners) {
@@ -138,7 +160,7 @@ async function runServe(opts: ServeCli): Promise<void> {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       log.info({ signal }, 'usbip server stopping');
-      void server.close().then(resolve);
+      void server.close().then(closeAll).then(resolve);
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
@@ -152,7 +174,7 @@ export function usbipCommand(): Command {
     .command('serve')
     .description('export devices over USB/IP on every --listen address, to the importers --allow lets in')
     .option('--listen <addr>', 'an address to serve (repeatable): vsock:any:3240, hvsock:UDS:3240, unix:PATH, tcp:HOST:PORT, fd:N', collect, [])
-    .option('--device <spec>', 'a device to export (repeatable): emulated:storage:IMAGE[:ro], emulated:keyboard[:TEXT]', collect, [])
+    .option('--device <spec>', 'a device to export (repeatable): emulated:storage:IMAGE[:ro], emulated:keyboard[:TEXT], kernel:BUSID', collect, [])
     .option('--allow <rule>', 'let importers in (repeatable; default deny): KEY=VALUE,... with peer, busid, vidpid, class; or "any"', ruleArg, [])
     .option('--max-connections <n>', 'most connections at once', intArg(1, 65536), 64)
     .option('--max-connections-per-peer <n>', 'most connections at once from one peer (address without port)', intArg(1, 65536), 16)
@@ -164,7 +186,11 @@ Devices get bus IDs 1-1, 1-2, ... in the order of --device (what \`usbip list -r
 \`prism usbip list\` show, and what an importer names to attach).
   emulated:storage:IMAGE[:ro]   USB mass storage (bulk-only, SCSI) on an image file
   emulated:keyboard[:TEXT]      HID boot keyboard that types TEXT
-  host:VID:PID, kernel:BUSID    not implemented yet
+  host:VID:PID                  not implemented yet
+  kernel:BUSID                  a device of this machine (bus ID as in /sys/bus/usb/devices, e.g. 2-1.3)
+                                through the kernel's usbip-host, as usbipd does: bound to usbip-host at
+                                start and given back to its driver at exit; it keeps its real bus ID
+                                (needs root and \`modprobe usbip-host\`)
 
 Rules (an import is allowed if every condition of some rule holds):
   peer=vsock:4          the VM with CID 4 (vsock peers are named vsock:CID:PORT; a rule matches up to a colon)

@@ -13,6 +13,11 @@
 //   never the session.
 // A device sees one importer at a time: attached() before the first submit() of a session,
 // detached() after its last (URBs still running then have had their signal aborted).
+//
+// A device whose data path is the kernel's own (kernel.ts: usbip-host) has adoptConnection()
+// instead: on an allowed import the server hands it the connection's socket fd, and from then on
+// neither reads nor writes that socket except for the OP_REP_IMPORT (the kernel's stub_rx/stub_tx
+// threads speak URBs on it); submit() is never called.
 
 export interface UsbInterfaceInfo { bInterfaceClass: number; bInterfaceSubClass: number; bInterfaceProtocol: number }
 export interface UsbDeviceInfo {
@@ -38,6 +43,28 @@ export interface UsbDevice {
   /** An importer attached (OP_REQ_IMPORT succeeded) / detached or vanished. */
   attached?(): void;
   detached?(): void;
+  /**
+   * Takes the connected socket `fd` of an allowed import (the kernel takes its own reference; the
+   * caller closes its fd after the reply). Throws DeviceUnavailableError when the device cannot be
+   * imported now. The result's `released` resolves, with why, once the device is free again.
+   */
+  adoptConnection?(fd: number): AdoptedConnection;
+  /** Gives the device back when the server stops (a kernel: device returns to its host driver). */
+  close?(): Promise<void>;
+}
+
+export interface AdoptedConnection {
+  /** Resolves, with why, when the importer has let go (it detached, or the device went away). */
+  readonly released: Promise<string>;
+}
+
+/** adoptConnection() refused: `busy` (someone has it: OP_REP_IMPORT status 2) or `error` (status 3). */
+export class DeviceUnavailableError extends Error {
+  override readonly name = 'DeviceUnavailableError';
+  readonly code = 'ERR_USBIP_DEVICE_UNAVAILABLE';
+  constructor(message: string, readonly reason: 'busy' | 'error', options?: ErrorOptions) {
+    super(message, options);
+  }
 }
 
 /** USB_SPEED_* (include/uapi/linux/usb/ch9.h), as usbip carries them. */

@@ -14,6 +14,14 @@
 // End of stream, an error, or input that cannot be framed ends the connection; whichever way an
 // import ends, every URB still running is aborted and the device released (detached()).
 //
+// A device with adoptConnection() (kernel.ts: the kernel's usbip-host) is not served here: an
+// allowed import hands it the connection's socket fd, replies, and closes prism's copy of the fd
+// without shutting the socket down, all before the event loop polls the socket again; from the
+// reply on the kernel alone reads and writes it. The client may send nothing between its
+// OP_REQ_IMPORT and our reply (it needs the reply first), so bytes already read past the request
+// mean a broken client: the import is refused. The device stays claimed until it says the
+// importer let go.
+//
 // Hostile input costs the client, never the server: a malformed CMD_SUBMIT gets RET_SUBMIT with an
 // error status (-EINVAL, -EMSGSIZE, -ENODEV for a devid that is not the imported device's) and the
 // session carries on; a stream that cannot be framed is closed. A device that throws, never
@@ -27,8 +35,8 @@ import {
   DEFAULT_MAX_ISO_PACKETS, DEFAULT_MAX_TRANSFER_LENGTH, DecodeError, OpCode, OpStatus, ProtocolError, RequestReader, USB_DIR_IN, decodeSetup, encodeParts,
   type CmdSubmit, type CmdUnlink, type DeviceRecord, type IsoPacketDescriptor, type OpReqImport, type RetSubmit, type UsbipReply, type UsbipRequest,
 } from '../codecs/usbip/index.js';
-import type { Connection, Listener } from '../transport/index.js';
-import { UrbErrno, type IsoPacket, type Urb, type UrbResult, type UsbDevice, type UsbDeviceInfo } from './device.js';
+import { connectionFd, type Connection, type Listener } from '../transport/index.js';
+import { DeviceUnavailableError, UrbErrno, type AdoptedConnection, type IsoPacket, type Urb, type UrbResult, type UsbDevice, type UsbDeviceInfo } from './device.js';
 import { UsbipPolicy, peerIdentity, vidPidOf } from './policy.js';
 
 export type LogFn = (level: 'info' | 'warn' | 'debug', msg: string, fields?: Record<string, unknown>) => void;
@@ -115,7 +123,7 @@ export interface UsbipServerStatus {
 
 export class UsbipServer {
   private readonly devices = new Map<string, UsbDevice>();
-  /** busid → the connection that imported it. */
+  /** busid → the connection that imported it (for a handed-off device, until the kernel lets go). */
   private readonly claims = new Map<string, UsbipConnection>();
   private readonly connections = new Set<UsbipConnection>();
   private readonly listeners: Listener[] = [];
@@ -255,6 +263,8 @@ export class UsbipConnection {
   private runningBytes = 0;
   private paused = false;
   private closed = false;
+  /** The socket went to a device's kernel (handOff): never read or shut down again. */
+  private handedOff = false;
   private readonly log: LogFn;
   /** Resolves when the connection is closed (its import ended, its device released). */
   readonly ended: Promise<void>;
@@ -293,7 +303,7 @@ export class UsbipConnection {
   // --- input -----------------------------------------------------------------------------------
 
   private onData(chunk: Buffer): void {
-    if (this.closed) return;
+    if (this.closed || this.handedOff) return;
     this.reader.push(chunk);
     try {
       this.pump();
@@ -307,7 +317,7 @@ export class UsbipConnection {
 
   /** Handles whole messages while under the limits. */
   private pump(): void {
-    while (!this.closed && !this.overLimits()) {
+    while (!this.closed && !this.handedOff && !this.overLimits()) {
       let msg: UsbipRequest | null;
       try {
         msg = this.reader.next();
@@ -326,7 +336,7 @@ export class UsbipConnection {
       if (msg === null) break;
       this.dispatch(msg);
     }
-    if (!this.closed && this.overLimits() && !this.paused) {
+    if (!this.closed && !this.handedOff && this.overLimits() && !this.paused) {
       this.paused = true;
       this.stream.pause();
     }
@@ -337,7 +347,7 @@ export class UsbipConnection {
   }
 
   private maybeResume(): void {
-    if (this.closed || !this.paused || this.overLimits() || this.stream.writableNeedDrain) return;
+    if (this.closed || this.handedOff || !this.paused || this.overLimits() || this.stream.writableNeedDrain) return;
     this.paused = false;
     try {
       this.pump();
@@ -421,6 +431,10 @@ export class UsbipConnection {
       this.send({ type: 'OP_REP_IMPORT', status: OpStatus.DEV_BUSY, device: null });
       return;
     }
+    if (device.adoptConnection !== undefined) {
+      this.handOff(device, device.adoptConnection.bind(device), fields);
+      return;
+    }
     this.session = { device, devid: devidOf(info), urbs: new Map(), ended: false };
     try {
       device.attached?.();
@@ -429,6 +443,55 @@ export class UsbipConnection {
     }
     this.log('info', 'usbip device imported', { ...fields, vidPid: vidPidOf(info) });
     this.send({ type: 'OP_REP_IMPORT', status: OpStatus.OK, device: deviceRecord(info) });
+  }
+
+  /**
+   * Gives the connection to a device whose kernel speaks URBs (kernel.ts): it takes the socket fd,
+   * we reply and close our fd. The claim is kept until the device reports the importer gone.
+   */
+  private handOff(device: UsbDevice, adopt: (fd: number) => AdoptedConnection, fields: { peer: string; busid: string }): void {
+    const busid = device.info.busid;
+    const refuse = (status: number, msg: string, extra: Record<string, unknown>): void => {
+      this.server.release(busid, this);
+      this.log('warn', msg, { ...fields, ...extra });
+      this.send({ type: 'OP_REP_IMPORT', status, device: null });
+    };
+    // The client cannot send CMD_SUBMIT before it has our reply: whatever followed the request
+    // would be lost to the kernel, so such a client is refused (and the device stays free).
+    const early = this.reader.bufferedBytes + this.stream.readableLength;
+    if (early !== 0) {
+      refuse(OpStatus.ERROR, 'usbip import refused: the client sent bytes after OP_REQ_IMPORT before our reply', { bytes: early });
+      return;
+    }
+    const fd = connectionFd(this.stream);
+    if (fd === null) {
+      refuse(OpStatus.DEV_ERR, 'usbip import refused: this connection has no kernel socket to hand to the device', {});
+      return;
+    }
+    let adopted: AdoptedConnection;
+    try {
+      adopted = adopt(fd);
+    } catch (e) {
+      const busy = e instanceof DeviceUnavailableError && e.reason === 'busy';
+      refuse(busy ? OpStatus.DEV_BUSY : OpStatus.DEV_ERR, `usbip import refused: ${busy ? 'the device is busy' : 'the device cannot take the connection'}`, { error: (e as Error).message });
+      return;
+    }
+    // From here on the socket is the kernel's: read nothing more, and close only our fd (end()
+    // would shut the socket down under the kernel) once the reply has left.
+    this.handedOff = true;
+    this.stream.pause();
+    this.log('info', 'usbip device imported', { ...fields, vidPid: vidPidOf(device.info), handedTo: 'kernel (usbip-host)', fd });
+    const reply = encodeParts({ type: 'OP_REP_IMPORT', status: OpStatus.OK, device: deviceRecord(device.info) });
+    this.stream.write(Buffer.concat(reply), (err) => {
+      // Runs before the event loop polls the socket again, so no reply of the client's is read.
+      if (err) this.log('warn', 'usbip import reply failed after the hand-off', { ...fields, error: err.message });
+      this.close('handed to the kernel');
+      this.stream.destroy();
+    });
+    void adopted.released.then((why) => {
+      this.server.release(busid, this);
+      this.log('info', 'usbip device released', { ...fields, why });
+    });
   }
 
   /** Ends the current import, if any: aborts its URBs, releases the device. */
@@ -556,7 +619,7 @@ export class UsbipConnection {
     this.endImport(why);
     this.closed = true;
     this.log('info', 'usbip connection closed', { peer: this.peer, why });
-    if (this.stream.writable) this.stream.end();
+    if (this.stream.writable && !this.handedOff) this.stream.end();
     this.markEnded();
     if (this.running === 0) this.finish();
   }
