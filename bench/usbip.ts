@@ -1,21 +1,33 @@
 // Sequential-read bench of USB/IP mass storage through the Linux vhci-hcd in a lab guest (QEMU 7.2,
-// Linux 6.1, TCG), two exporters in one guest boot, same image size and the same dd:
+// Linux 6.1, TCG), prism's exporter and the kernel's in one guest boot, same image size and the
+// same dd. Rows:
 //
-//   A. prism: `prism usbip serve --listen unix:UDS_3240 --device emulated:storage:IMG --allow busid=1-1`
-//      on the host, behind a prism vsock device (`prism vsock serve`, guest CID 3); in the guest
-//      socat turns TCP 127.0.0.1:PORT into VSOCK-CONNECT:2:3240 and the Linux `usbip attach`
-//      imports 1-1 (as test/usbip-guest.test.ts does). Two rows: A with the test's socat exactly,
-//      A' with `nodelay` and a 256 KiB buffer (Nagle on the bridge's TCP side stalls every URB);
-//   B. the kernel path, all inside the same guest: a configfs mass-storage gadget on dummy_hcd
-//      backed by an image in the guest's /tmp, bound to usbip-host (`usbip bind`), exported by the
-//      Debian `usbipd` (copied in with its libraries) and imported over loopback TCP with
-//      `usbip attach` into vhci-hcd.
+//   A   prism, the test's bridge: on the host `prism usbip serve --listen unix:UDS_3240 --device
+//       emulated:storage:IMG --device emulated:storage:IMG:ss --allow busid=1-1 --allow busid=1-2`
+//       behind a prism vsock device (`prism vsock serve`, guest CID 3); in the guest socat turns TCP
+//       127.0.0.1:PORT into VSOCK-CONNECT:2:3240 and the Linux `usbip attach` imports 1-1 (high
+//       speed), exactly as test/usbip-guest.test.ts does;
+//   A'  the same with socat `nodelay` and a 256 KiB buffer (Nagle on the bridge's TCP side stalls
+//       every URB);
+//   C   the user's path: `prism usbip attach vsock:2:3240 1-1` run in the guest (the host's node and
+//       this checkout over a read-only 9p root, chrooted, as test/helpers/lab.ts runHostNode does):
+//       vhci-hcd gets the AF_VSOCK socket itself, no bridge; the device at high speed;
+//   C'  the same for 1-2, the same image exported as a SuperSpeed device (:ss: usb-storage then
+//       moves 1 MiB per SCSI command instead of 120 KiB);
+//   B   the kernel path, all inside the guest: a configfs mass-storage gadget (max_speed high-speed)
+//       on dummy_hcd backed by an image in the guest's /tmp, bound to usbip-host (`usbip bind`),
+//       exported by the Debian `usbipd` (copied in with its libraries) and imported over loopback
+//       TCP with `usbip attach` into vhci-hcd;
+//   B'  the same with a second gadget (max_speed super-speed, same image) on a second dummy_hcd
+//       instance: the guest reloads dummy_hcd with is_super_speed=1 num=2 before making the
+//       gadgets (if that fails, B runs on the boot's high-speed dummy_hcd and B' is not measured).
 //
 // Each measurement attaches, runs `echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/sdX of=/dev/null
 // bs=1M count=N iflag=direct` on the disk vhci-hcd made, timed by the guest (/proc/uptime, 10 ms),
-// and detaches; repetitions are interleaved (A A' B, then B A' A, ...), medians reported. The prism
-// rows also give the CPU seconds (utime + stime, /proc/PID/stat) of the prism usbip server and of
-// the vsock device during the dd.
+// and detaches; repetitions are interleaved (rows in order, then reversed, ...), medians reported.
+// The prism rows also give the CPU seconds (utime + stime, /proc/PID/stat) of the prism usbip
+// server and of the vsock device during the dd, and every row the disk's max_sectors_kb and
+// max_hw_sectors_kb (the most one SCSI command moves).
 //
 //   node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--keep]
 //   npm run bench:usbip -- [options]
@@ -27,21 +39,39 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { labPaths, runGuest, type GuestFile } from '../lab/guest.js';
-import { REPO, alive, cpuSeconds, killAllNow, median, sleep, stopChild, track } from './common.js';
+import { REPO, alive, cpuSeconds, distStale, killAllNow, median, sleep, stopChild, track } from './common.js';
 
 const MiB = 1024 * 1024;
 const GUEST_CID = 3;
 const PORT = 3240;
 const TARGET_MBS = 40;
-/** The guest's bridges from the usbip tool's TCP to vsock: exactly as test/usbip-guest.test.ts, and tuned (no Nagle, 256 KiB buffer). */
-const SOCAT_PORT = { 'prism-test': PORT, 'prism-tuned': PORT + 2 } as const;
 const KERNEL_PORT = PORT + 1;
+/** The exported devices: the same image at high speed and at SuperSpeed. */
+const BUSID = { hs: '1-1', ss: '1-2' } as const;
+
+/** The guest's bridges from the usbip tool's TCP to vsock: exactly as test/usbip-guest.test.ts, and tuned (no Nagle, 256 KiB buffer). */
 const SOCAT = {
-  'prism-test': `socat TCP-LISTEN:${SOCAT_PORT['prism-test']},bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:${PORT}`,
-  'prism-tuned': `socat -b 262144 TCP-LISTEN:${SOCAT_PORT['prism-tuned']},bind=127.0.0.1,reuseaddr,fork,nodelay VSOCK-CONNECT:2:${PORT}`,
+  'prism-test': { port: PORT, command: `socat TCP-LISTEN:${PORT},bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:${PORT}` },
+  'prism-tuned': { port: PORT + 2, command: `socat -b 262144 TCP-LISTEN:${PORT + 2},bind=127.0.0.1,reuseaddr,fork,nodelay VSOCK-CONNECT:2:${PORT}` },
 } as const;
-type PrismRow = keyof typeof SOCAT;
-const PRISM_ROWS = Object.keys(SOCAT) as PrismRow[];
+
+interface RowDef {
+  id: string;
+  label: string;
+  prism: boolean;
+  /** Guest shell that attaches the row's device (for kernel rows, $busid_hs / $busid_ss name it). */
+  attach: string;
+}
+
+const ROWS: RowDef[] = [
+  { id: 'prism-test', label: 'A  prism serve, hs; guest socat as in the test + usbip attach', prism: true, attach: `usbip --tcp-port ${SOCAT['prism-test'].port} attach -r 127.0.0.1 -b ${BUSID.hs}` },
+  { id: 'prism-tuned', label: "A' prism serve, hs; guest socat nodelay -b 256K + usbip attach", prism: true, attach: `usbip --tcp-port ${SOCAT['prism-tuned'].port} attach -r 127.0.0.1 -b ${BUSID.hs}` },
+  { id: 'prism-attach-hs', label: 'C  prism serve, hs; guest prism usbip attach vsock:2:3240', prism: true, attach: `hostnode usbip attach vsock:2:${PORT} ${BUSID.hs}` },
+  { id: 'prism-attach-ss', label: "C' prism serve, ss; guest prism usbip attach vsock:2:3240", prism: true, attach: `hostnode usbip attach vsock:2:${PORT} ${BUSID.ss}` },
+  { id: 'kernel', label: 'B  kernel usbip-host, hs gadget; usbipd, loopback TCP', prism: false, attach: `[ -n "$busid_hs" ] && usbip --tcp-port ${KERNEL_PORT} attach -r 127.0.0.1 -b $busid_hs` },
+  { id: 'kernel-ss', label: "B' kernel usbip-host, ss gadget; usbipd, loopback TCP", prism: false, attach: `[ -n "$busid_ss" ] && usbip --tcp-port ${KERNEL_PORT} attach -r 127.0.0.1 -b $busid_ss` },
+];
+const ROW_IDS = ROWS.map((r) => r.id);
 
 // --- options -------------------------------------------------------------------------------------
 
@@ -130,11 +160,41 @@ function usbipdFiles(): GuestFile[] {
 
 const DD = (dev: string): string => `dd if=${dev} of=/dev/null bs=1M count=${mib} iflag=direct`;
 
+/** Quotes a word for the guest's sh. */
+const q = (w: string): string => `'${w.replace(/'/g, `'\\''`)}'`;
+
+/** How the guest runs prism: the host's node on this checkout (dist/ when current, else src/ via tsx). */
+function prismCommand(): string[] {
+  return distStale() === null ? [process.execPath, 'dist/src/cli/main.js'] : [process.execPath, '--import', 'tsx', 'src/cli/main.ts'];
+}
+
+/**
+ * The host's root read-only at /host over virtio-9p with the guest's own proc, sys, dev and a
+ * tmpfs /tmp, and `hostnode ARGS` running prism ARGS chrooted there: runHostNode's recipe
+ * (test/helpers/lab.ts), but as a shell function the script can call many times.
+ */
+function hostRootPrelude(): string {
+  const rel = REPO.startsWith('/tmp/') ? REPO.slice('/tmp/'.length) : null;
+  const keep = rel === null ? '' : `mkdir -p /host/tmp/${q(rel)} && mount -o bind /run/hosttmp/${q(rel)} /host/tmp/${q(rel)} || fail "hostroot: cannot keep ${REPO} visible"`;
+  const command = `cd ${q(REPO)} && exec ${prismCommand().map(q).join(' ')}`;
+  return `mkdir -p /host /run/hosttmp
+mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose,msize=524288,ro ${HOSTROOT_TAG} /host || fail "hostroot: cannot mount the host root"
+mount -o bind /host/tmp /run/hosttmp && mount -t proc proc /host/proc && mount -t sysfs sysfs /host/sys \
+  && mount -t devtmpfs devtmpfs /host/dev && mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "hostroot: cannot mount proc, sys, dev, tmp"
+${keep}
+hostnode() { chroot /host /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 /bin/sh -c ${q(command)}' "$@"' prism "$@"; }`;
+}
+
+const HOSTROOT_TAG = 'hostroot';
+
 function guestScript(): string {
+  const order = ROW_IDS.join(' ');
+  const reversed = [...ROW_IDS].reverse().join(' ');
   return `
 fail() { echo "@@FAIL $*"; }
 up() { cut -d' ' -f1 /proc/uptime; }
 mkdir -p /var/run
+${hostRootPrelude()}
 # Waits for a new sd disk (not in "$1") and prints its name.
 newdisk() {
   i=0
@@ -150,23 +210,25 @@ newdisk() {
   return 1
 }
 disks() { ls /sys/block | grep '^sd' | tr '\\n' ' '; }
-# One measurement: $1 row, $2 repetition, $3 TCP port, $4 busid. Attach, dd, detach.
+# One measurement: $1 row, $2 repetition; the row's attach command follows. Attach, dd, detach.
 onerow() {
+  row=$1; rep=$2; shift 2
   before=$(disks)
-  usbip --tcp-port $3 attach -r 127.0.0.1 -b $4 || { fail "$1: usbip attach (rep $2)"; return; }
+  out=$(eval "$*" 2>&1) || { fail "$row: attach (rep $rep): $(echo "$out" | tail -n 3 | tr '\\n' ' ')"; return; }
   if d=$(newdisk "$before"); then
-    echo "@@DISK $1 $d $(cat /sys/block/$d/size) $(cat /sys/block/$d/queue/max_sectors_kb)"
+    q=/sys/block/$d/queue
+    echo "@@DISK $row $d $(cat /sys/block/$d/size) $(cat $q/max_sectors_kb) $(cat $q/max_hw_sectors_kb) $(usbip port 2>/dev/null | grep -o '[A-Za-z]* Speed([0-9]*Mbps)' | head -n1 | tr -d ' ')"
     echo 3 > /proc/sys/vm/drop_caches
-    echo "@@BEGIN $1 $2"; t0=$(up)
-    out=$(${DD('/dev/$d')} 2>&1) || fail "$1: dd: $out"
+    echo "@@BEGIN $row $rep"; t0=$(up)
+    out=$(${DD('/dev/$d')} 2>&1) || fail "$row: dd: $out"
     t1=$(up)
-    echo "@@END $1 $2 $t0 $t1 $(echo "$out" | sed -n 's/^\\([0-9]*\\)+0 records in$/\\1/p')"
-    echo "$out" | sed "s/^/@@DD $1 /"
+    echo "@@END $row $rep $t0 $t1 $(echo "$out" | sed -n 's/^\\([0-9]*\\)+0 records in$/\\1/p')"
+    echo "$out" | sed "s/^/@@DD $row /"
   else
-    fail "$1: no disk after attach (rep $2)"; d=
+    fail "$row: no disk after attach (rep $rep)"; d=
   fi
   p=$(usbip port 2>/dev/null | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1)
-  [ -n "$p" ] && { usbip detach -p $p >/dev/null || fail "$1: detach port $p"; }
+  [ -n "$p" ] && { usbip detach -p $p >/dev/null || fail "$row: detach port $p"; }
   i=0; while [ -n "$d" ] && [ -e /sys/block/$d ] && [ $i -lt 50 ]; do i=$((i+1)); usleep 100000; done
   sleep 1
 }
@@ -175,52 +237,60 @@ waitlist() { # $1 row, $2 port
   sed "s/^/@@LIST $1 /" /tmp/list
 }
 
-# ---- A, A': prism over vsock, one guest socat bridge each ----
-${PRISM_ROWS.map((r) => `${SOCAT[r]} &\nwaitlist ${r} ${SOCAT_PORT[r]}`).join('\n')}
+# ---- A, A': prism over vsock, one guest socat bridge each (C, C' need none) ----
+${Object.entries(SOCAT).map(([id, b]) => `${b.command} &\nwaitlist ${id} ${b.port}`).join('\n')}
 
-# ---- B: kernel usbip-host exporting a configfs gadget on dummy_hcd, usbipd on ${KERNEL_PORT} ----
-busid=
-kernel() {
-  dd if=/dev/zero of=/tmp/gadget.img bs=1M count=${mib} 2>/dev/null || { fail "kernel: cannot make /tmp/gadget.img"; return; }
-  grep -q ' /sys/kernel/config ' /proc/mounts || mount -t configfs none /sys/kernel/config || { fail "kernel: mount configfs"; return; }
-  g=/sys/kernel/config/usb_gadget/g
-  mkdir -p $g || { fail "kernel: mkdir gadget"; return; }
-  echo 0x1d6b > $g/idVendor; echo 0x0104 > $g/idProduct
+# ---- B, B': kernel usbip-host exporting configfs gadgets on dummy_hcd, usbipd on ${KERNEL_PORT} ----
+# dummy_hcd came up at boot as one high-speed instance; two instances that can do SuperSpeed give
+# each gadget its own UDC, and a gadget's max_speed picks the root hub it lands on.
+busid_hs=; busid_ss=
+udcs=1
+if rmmod dummy_hcd 2>/dev/null && modprobe dummy_hcd is_super_speed=1 num=2; then udcs=2
+else fail "kernel-ss: cannot reload dummy_hcd with is_super_speed=1 num=2"; lsmod | grep -q '^dummy_hcd' || modprobe dummy_hcd; fi
+echo "@@B-UDCS $(ls /sys/class/udc | tr '\\n' ' ')"
+gadget() { # $1 name, $2 idProduct, $3 max_speed, $4 UDC; prints the busid usbip-host got
+  g=/sys/kernel/config/usb_gadget/$1
+  mkdir -p $g || { fail "$1: mkdir gadget"; return 1; }
+  echo 0x1d6b > $g/idVendor; echo $2 > $g/idProduct
+  echo $3 > $g/max_speed || fail "$1: max_speed $3"
   mkdir -p $g/strings/0x409
-  echo prism-bench > $g/strings/0x409/serialnumber; echo prism > $g/strings/0x409/manufacturer; echo gadget-storage > $g/strings/0x409/product
+  echo prism-bench-$1 > $g/strings/0x409/serialnumber; echo prism > $g/strings/0x409/manufacturer; echo gadget-storage > $g/strings/0x409/product
   mkdir -p $g/configs/c.1 $g/functions/mass_storage.0
-  echo /tmp/gadget.img > $g/functions/mass_storage.0/lun.0/file || { fail "kernel: lun file"; return; }
-  ln -s $g/functions/mass_storage.0 $g/configs/c.1/ || { fail "kernel: link function"; return; }
-  udc=$(ls /sys/class/udc | head -n1)
-  echo "@@B-UDC $udc"
-  echo "$udc" > $g/UDC || { fail "kernel: bind UDC"; return; }
+  echo /tmp/gadget.img > $g/functions/mass_storage.0/lun.0/file || { fail "$1: lun file"; return 1; }
+  ln -s $g/functions/mass_storage.0 $g/configs/c.1/ || { fail "$1: link function"; return 1; }
+  echo "$4" > $g/UDC || { fail "$1: bind UDC $4"; return 1; }
   b=
   i=0
   while [ -z "$b" ] && [ $i -lt 100 ]; do
     for d in /sys/bus/usb/devices/*-*; do
       case \${d##*/} in *:*) continue ;; esac
-      [ "$(cat $d/idVendor 2>/dev/null)" = 1d6b ] && [ "$(cat $d/idProduct 2>/dev/null)" = 0104 ] && readlink -f $d | grep -q dummy_hcd && b=\${d##*/}
+      [ "$(cat $d/idVendor 2>/dev/null)" = 1d6b ] && [ "$(cat $d/idProduct 2>/dev/null)" = \${2#0x} ] && readlink -f $d | grep -q dummy_hcd && b=\${d##*/}
     done
     i=$((i+1)); usleep 100000
   done
-  [ -n "$b" ] || { fail "kernel: gadget not enumerated on dummy_hcd"; return; }
-  echo "@@B-BUSID $b $(readlink -f /sys/bus/usb/devices/$b)"
+  [ -n "$b" ] || { fail "$1: gadget not enumerated on dummy_hcd"; return 1; }
+  echo "@@B-BUSID $1 $b $(cat /sys/bus/usb/devices/$b/speed) $(readlink -f /sys/bus/usb/devices/$b)" >&2
   usleep 500000
-  usbip bind -b $b || { fail "kernel: usbip bind"; return; }
-  usbipd -4 -D -t ${KERNEL_PORT} || { fail "kernel: usbipd"; return; }
+  usbip bind -b $b >&2 || { fail "$1: usbip bind"; return 1; }
+  echo $b
+}
+kernel() {
+  dd if=/dev/zero of=/tmp/gadget.img bs=1M count=${mib} 2>/dev/null || { fail "kernel: cannot make /tmp/gadget.img"; return; }
+  grep -q ' /sys/kernel/config ' /proc/mounts || mount -t configfs none /sys/kernel/config || { fail "kernel: mount configfs"; return; }
+  busid_hs=$(gadget kernel 0x0104 high-speed "$(ls /sys/class/udc | sed -n 1p)")
+  [ $udcs = 2 ] && busid_ss=$(gadget kernel-ss 0x0105 super-speed "$(ls /sys/class/udc | sed -n 2p)")
+  usbipd -4 -D -t ${KERNEL_PORT} || { fail "kernel: usbipd"; busid_hs=; busid_ss=; return; }
   waitlist kernel ${KERNEL_PORT}
-  busid=$b
 }
 kernel
 
 # ---- the measurements, interleaved: rows in order in odd repetitions, reversed in even ones ----
 r=1
 while [ $r -le ${reps} ]; do
-  if [ $((r % 2)) = 1 ]; then rows="${[...PRISM_ROWS, 'kernel'].join(' ')}"; else rows="${['kernel', ...[...PRISM_ROWS].reverse()].join(' ')}"; fi
+  if [ $((r % 2)) = 1 ]; then rows="${order}"; else rows="${reversed}"; fi
   for row in $rows; do
     case $row in
-${PRISM_ROWS.map((r) => `      ${r}) onerow ${r} $r ${SOCAT_PORT[r]} 1-1 ;;`).join('\n')}
-      kernel) [ -n "$busid" ] && onerow kernel $r ${KERNEL_PORT} $busid ;;
+${ROWS.map((r) => `      ${r.id}) onerow ${r.id} $r ${q(r.attach)} ;;`).join('\n')}
     esac
   done
   r=$((r+1))
@@ -230,8 +300,6 @@ exit 0
 }
 
 // --- main ----------------------------------------------------------------------------------------
-
-type Exporter = PrismRow | 'kernel';
 
 interface Sample {
   seconds: number;
@@ -264,29 +332,30 @@ async function main(): Promise<void> {
     const vu = path.join(work, 'vu.sock');
     const vsock = startPrism('vsock', ['vsock', 'serve', '--socket', vu, '--cid', String(GUEST_CID), '--uds', uds], work);
     procs.push(vsock);
-    const server = startPrism('usbip', ['usbip', 'serve', '--listen', `unix:${uds}_${PORT}`, '--device', `emulated:storage:${image}`, '--allow', 'busid=1-1'], work);
+    const serveArgs = ['usbip', 'serve', '--listen', `unix:${uds}_${PORT}`, '--device', `emulated:storage:${image}`, '--device', `emulated:storage:${image}:ss`, '--allow', `busid=${BUSID.hs}`, '--allow', `busid=${BUSID.ss}`];
+    const server = startPrism('usbip', serveArgs, work);
     procs.push(server);
     await waitForLog(vsock, 'vsock device ready');
     await waitForLog(server, 'usbip server ready');
     log(`prism up: vsock device pid ${vsock.pid}, usbip server pid ${server.pid}; work dir ${work}`);
     const load0 = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 
-    const samples: Record<Exporter, Sample[]> = { 'prism-test': [], 'prism-tuned': [], kernel: [] };
+    const samples = new Map<string, Sample[]>(ROW_IDS.map((id) => [id, []]));
     let cpu0: { server: number; vsock: number } | null = null;
     let pending = '';
-    const isPrism = (w: string): w is PrismRow => (PRISM_ROWS as string[]).includes(w);
+    const isPrism = (w: string): boolean => ROWS.some((r) => r.id === w && r.prism);
     const onLine = (line: string): void => {
       const b = /^@@BEGIN ([\w-]+) (\d+)/.exec(line);
       if (b?.[1] !== undefined && isPrism(b[1])) cpu0 = { server: cpuSeconds(server.pid), vsock: cpuSeconds(vsock.pid) };
       const e = /^@@END ([\w-]+) (\d+) ([\d.]+) ([\d.]+) (\d*)/.exec(line);
       if (e) {
-        const who = e[1] as Exporter;
+        const who = e[1] ?? '';
         const s: Sample = { seconds: Number(e[4]) - Number(e[3]), bytes: Number(e[5] || 0) * MiB }; // whole 1 MiB records read
         if (isPrism(who) && cpu0) {
           s.cpuServer = cpuSeconds(server.pid) - cpu0.server;
           s.cpuVsock = cpuSeconds(vsock.pid) - cpu0.vsock;
         }
-        samples[who]?.push(s);
+        samples.get(who)?.push(s);
         log(`${who} #${e[2]}: ${s.bytes} bytes in ${s.seconds.toFixed(2)} s = ${(s.bytes / s.seconds / 1e6).toFixed(1)} MB/s`);
       }
       if (line.startsWith('@@FAIL')) log(line);
@@ -296,7 +365,8 @@ async function main(): Promise<void> {
       files: usbipdFiles(),
       vhostUser: [{ kind: 'vsock', socket: vu }],
       memoryMiB: 1024,
-      timeoutMs: 600_000,
+      timeoutMs: 1_500_000,
+      extraArgs: ['-virtfs', `local,path=/,mount_tag=${HOSTROOT_TAG},security_model=none,readonly=on,multidevs=remap`],
       consoleLog: path.join(work, 'console.log'),
       onConsole: (text) => {
         pending += text.replace(/\r/g, '');
@@ -313,31 +383,24 @@ async function main(): Promise<void> {
     // --- the table ---
     const expectBytes = mib * MiB;
     const okSamples = (xs: Sample[]): Sample[] => xs.filter((s) => s.bytes === expectBytes && s.seconds > 0);
-    const rateOf = (w: Exporter): number => {
-      const xs = okSamples(samples[w]);
+    const rateOf = (w: string): number => {
+      const xs = okSamples(samples.get(w) ?? []);
       return xs.length ? median(xs.map((s) => s.bytes / s.seconds / 1e6)) : NaN;
     };
     const fmt = (n: number): string => (Number.isFinite(n) ? n.toFixed(1) : '-');
-    const label: Record<Exporter, string> = {
-      'prism-test': 'A  prism usbip serve, vsock; guest socat as in the test',
-      'prism-tuned': "A' prism usbip serve, vsock; guest socat nodelay -b 256K",
-      kernel: 'B  kernel usbip-host + usbipd, loopback TCP',
-    };
-    const failPrefix: Record<Exporter, string> = { 'prism-test': 'prism-test:', 'prism-tuned': 'prism-tuned:', kernel: 'kernel:' };
-    const order: Exporter[] = [...PRISM_ROWS, 'kernel'];
-    const header = ['exporter', 'MB/s', 'MiB/s', 'seconds', 'prism CPU s (server + vsock dev)', 'disk (sectors, max_sectors_kb)'];
-    const rows: string[][] = order.map((w) => {
-      const xs = okSamples(samples[w]);
-      if (xs.length === 0) return [label[w], `not measured: ${fails.filter((f) => f.startsWith(failPrefix[w])).join('; ') || 'no complete dd result (see the console log, --keep)'}`];
-      const r = rateOf(w);
-      const disk = field(`DISK ${w}`)?.split(' ');
+    const header = ['exporter', 'MB/s', 'MiB/s', 'seconds', 'prism CPU s (server + vsock dev)', 'disk: sectors, max_sectors_kb / hw, speed'];
+    const rows: string[][] = ROWS.map(({ id, label, prism }) => {
+      const xs = okSamples(samples.get(id) ?? []);
+      if (xs.length === 0) return [label, `not measured: ${fails.filter((f) => f.startsWith(`${id}:`)).join('; ') || 'no complete dd result (see the console log, --keep)'}`];
+      const r = rateOf(id);
+      const disk = field(`DISK ${id}`)?.split(' ');
       return [
-        label[w],
+        label,
         fmt(r),
         fmt(r / 1.048576),
         fmt(median(xs.map((s) => s.seconds))),
-        isPrism(w) ? `${median(xs.map((s) => s.cpuServer ?? NaN)).toFixed(2)} + ${median(xs.map((s) => s.cpuVsock ?? NaN)).toFixed(2)}` : '-',
-        disk ? `${disk[0]} (${disk[1]}, ${disk[2]})` : '-',
+        prism ? `${median(xs.map((s) => s.cpuServer ?? NaN)).toFixed(2)} + ${median(xs.map((s) => s.cpuVsock ?? NaN)).toFixed(2)}` : '-',
+        disk ? `${disk[0]}: ${disk[1]}, ${disk[2]} / ${disk[3]}, ${disk[4] ?? '?'}` : '-',
       ];
     });
     const full = [header, ...rows.filter((r) => r.length === header.length)];
@@ -345,30 +408,33 @@ async function main(): Promise<void> {
     const table = [header, ...rows]
       .map((r) => (r.length !== header.length ? `${(r[0] ?? '').padEnd(widths[0] ?? 0)}  ${r[1] ?? ''}` : r.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ')))
       .join('\n');
-    const kernelRate = rateOf('kernel');
-    const verdicts = PRISM_ROWS.flatMap((w) => {
-      const r = rateOf(w);
+    // The kernel path to beat is its best row (SuperSpeed when dummy_hcd could do it).
+    const kernelRates = ROWS.filter((r) => !r.prism).map((r) => rateOf(r.id)).filter(Number.isFinite);
+    const kernelRate = kernelRates.length ? Math.max(...kernelRates) : NaN;
+    const verdicts = ROWS.filter((r) => r.prism).map(({ id, label }) => {
+      const r = rateOf(id);
       const t40 = Number.isFinite(r) ? (r >= TARGET_MBS ? 'met' : 'not met') : 'unknown';
       const tk = Number.isFinite(r) && Number.isFinite(kernelRate) ? `${r >= kernelRate ? 'met' : 'not met'} (ratio ${(r / kernelRate).toFixed(2)})` : 'unknown';
-      return [`${label[w].split(' ')[0]}: target ≥ ${TARGET_MBS} MB/s: ${t40} (${fmt(r)} MB/s); target ≥ the kernel path (${fmt(kernelRate)} MB/s): ${tk}`];
+      return `${label.split(' ')[0]}: target ≥ ${TARGET_MBS} MB/s: ${t40} (${fmt(r)} MB/s); target ≥ the best kernel row (${fmt(kernelRate)} MB/s): ${tk}`;
     });
     const load1 = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
     const elapsed = (performance.now() - t0) / 1000;
-    const busid = field('B-BUSID')?.split(' ')[0] ?? 'BUSID';
+    const gadgets = [...g.console.matchAll(/^@@B-BUSID (\S+) (\S+) (\S+)/gm)].map((m) => `${m[1] ?? '?'} busid ${m[2] ?? '?'} at ${m[3] ?? '?'} Mb/s`);
     const out = [
       '',
       `$ ${commandLine}`,
       `USB/IP mass-storage sequential read through vhci-hcd: prism vs the kernel's usbip-host — ${mib} MiB image, median of ${reps} dd${reps === 1 ? '' : 's'} per row, one guest boot, ${elapsed.toFixed(0)} s`,
-      `guest: QEMU TCG, 1 vCPU, 1 GiB, Linux ${lab.kernelVersion}; host: ${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? '?'}), Linux ${os.release()}, node ${process.version}, prism from src/ via tsx; load ${load0} -> ${load1}`,
+      `guest: QEMU TCG, 1 vCPU, 1 GiB, Linux ${lab.kernelVersion}; host: ${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? '?'}), Linux ${os.release()}, node ${process.version}, prism from src/ via tsx (in the guest: ${prismCommand().slice(1).join(' ')}); load ${load0} -> ${load1}`,
       '',
       table,
       '',
       ...verdicts,
       '',
       `- every row, in the guest: echo 3 > /proc/sys/vm/drop_caches; ${DD('/dev/sdX')}   (timed with /proc/uptime; MB = 10^6 bytes)`,
-      `- A, A' host: prism vsock serve --socket VU --cid ${GUEST_CID} --uds UDS; prism usbip serve --listen unix:UDS_${PORT} --device emulated:storage:IMG --allow busid=1-1  (IMG: ${mib} MiB of zeros)`,
-      ...PRISM_ROWS.map((w) => `- ${label[w].split(' ')[0]} guest: ${SOCAT[w]} & usbip --tcp-port ${SOCAT_PORT[w]} attach -r 127.0.0.1 -b 1-1`),
-      `- B guest: configfs gadget g (1d6b:0104, mass_storage.0 lun.0 file=/tmp/gadget.img, ${mib} MiB of zeros on tmpfs) on ${field('B-UDC') ?? 'dummy_udc.0'} (busid ${busid}); usbip bind -b ${busid}; usbipd -4 -D -t ${KERNEL_PORT}; usbip --tcp-port ${KERNEL_PORT} attach -r 127.0.0.1 -b ${busid}`,
+      `- A, A', C, C' host: prism vsock serve --socket VU --cid ${GUEST_CID} --uds UDS; prism ${serveArgs.join(' ').replaceAll(image, 'IMG').replaceAll(uds, 'UDS')}  (IMG: ${mib} MiB of zeros)`,
+      ...Object.entries(SOCAT).map(([id]) => `- ${ROWS.find((r) => r.id === id)?.label.split(' ')[0] ?? id} guest: ${SOCAT[id as keyof typeof SOCAT].command} &`),
+      ...ROWS.map((r) => `- ${r.label.split(' ')[0]} guest attach: ${r.attach.replace(/^hostnode /, 'prism ')}`),
+      `- B, B' guest: rmmod dummy_hcd; modprobe dummy_hcd is_super_speed=1 num=2 (UDCs: ${field('B-UDCS') ?? '?'}); configfs gadgets 1d6b:0104 max_speed=high-speed and 1d6b:0105 max_speed=super-speed, mass_storage.0 lun.0 file=/tmp/gadget.img (${mib} MiB of zeros on tmpfs): ${gadgets.join('; ') || 'none'}; usbip bind -b BUSID; usbipd -4 -D -t ${KERNEL_PORT}`,
       '- prism CPU s: utime + stime (/proc/PID/stat) of the prism usbip server and of the vsock device process during the dd (median).',
       ...fails.map((f) => `- guest error: ${f}`),
     ];

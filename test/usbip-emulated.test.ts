@@ -90,7 +90,16 @@ async function stillPending(p: Promise<unknown>): Promise<boolean> {
 
 interface Walked {
   config: { totalLength: number; numInterfaces: number; value: number; attributes: number; maxPower: number };
-  interfaces: { number: number; alternate: number; cls: number; subclass: number; protocol: number; extra: Buffer[]; endpoints: { address: number; attributes: number; maxPacketSize: number; interval: number }[] }[];
+  interfaces: { number: number; alternate: number; cls: number; subclass: number; protocol: number; extra: Buffer[]; endpoints: WalkedEndpoint[] }[];
+}
+
+interface WalkedEndpoint {
+  address: number;
+  attributes: number;
+  maxPacketSize: number;
+  interval: number;
+  /** The SuperSpeed Endpoint Companion right after it, if any. */
+  companion?: { maxBurst: number; attributes: number; bytesPerInterval: number };
 }
 
 /** Splits a configuration tree into its descriptors, checking every bLength and wTotalLength. */
@@ -113,6 +122,11 @@ function walkConfiguration(tree: Buffer, type = 0x02): Walked {
       assert.equal(len, 7);
       assert.ok(cur, 'an endpoint follows an interface');
       cur.endpoints.push({ address: d[2]!, attributes: d[3]!, maxPacketSize: d.readUInt16LE(4), interval: d[6]! });
+    } else if (d[1] === 0x30) {
+      assert.equal(len, 6);
+      const ep = cur?.endpoints.at(-1);
+      assert.ok(ep && ep.companion === undefined && tree[at - 7] === 7 && tree[at - 6] === 0x05, 'a SuperSpeed companion follows its endpoint');
+      ep.companion = { maxBurst: d[2]!, attributes: d[3]!, bytesPerInterval: d.readUInt16LE(4) };
     } else {
       assert.ok(cur, 'a class descriptor follows an interface');
       cur.extra.push(d);
@@ -256,9 +270,73 @@ describe('descriptors', () => {
     const spec = storageSpec('0123456789AB');
     const itf = spec.configurations[0]!.interfaces[0]!;
     assert.throws(() => buildDescriptors({ ...spec, maxPacketSize0: 12 }), RangeError);
+    const ss = storageSpec('0123456789AB', undefined, 5);
+    const ssItf = ss.configurations[0]!.interfaces[0]!;
+    buildDescriptors(ss);
+    assert.throws(() => buildDescriptors({ ...ss, maxPacketSize0: 64 }), /SuperSpeed device is not 9/);
+    assert.throws(() => buildDescriptors({ ...ss, usbVersion: 0x0210 }), /below 0x0300/);
+    const ssWith = (ep: (typeof ssItf.endpoints)[number]): typeof ss => ({ ...ss, configurations: [{ ...ss.configurations[0]!, interfaces: [{ ...ssItf, endpoints: [ep] }] }] });
+    assert.throws(() => buildDescriptors(ssWith({ ...ssItf.endpoints[0]!, maxPacketSize: 512 })), /wMaxPacketSize 512/);
+    assert.throws(() => buildDescriptors(ssWith({ ...ssItf.endpoints[0]!, superSpeed: { maxBurst: 16 } })), /bMaxBurst 16/);
     assert.throws(() => buildDescriptors({ ...spec, product: 'x'.repeat(127) }), RangeError);
     assert.throws(() => buildDescriptors({ ...spec, configurations: [{ ...spec.configurations[0]!, interfaces: [{ ...itf, endpoints: [itf.endpoints[0]!, itf.endpoints[0]!] }] }] }), /twice/);
     assert.throws(() => buildDescriptors({ ...spec, configurations: [{ ...spec.configurations[0]!, interfaces: [{ ...itf, number: 1 }] }] }), /interface numbers/);
+  });
+});
+
+describe('emulated storage at SuperSpeed (:ss)', () => {
+  let dev: StorageDevice;
+  before(() => {
+    dev = new StorageDevice(new MemoryImage(Buffer.alloc(4 << 20)), { location: LOCATION, serial: '0123456789ABCDEF01234567', speed: 5 });
+  });
+
+  it('reports speed 5 and a USB 3.0 device descriptor with a 512-byte endpoint 0 (exponent 9)', async () => {
+    assert.equal(dev.info.speed, 5);
+    const d = (await getDescriptor(dev, 0x01, 0, 18)).data;
+    assert.equal(d.readUInt16LE(2), 0x0300, 'bcdUSB');
+    assert.equal(d[7], 9, 'bMaxPacketSize0');
+  });
+
+  it('has 1024-byte bulk endpoints, each followed by its companion (bursts of 16, no streams), and bMaxPower in 8 mA units', async () => {
+    const head = (await getDescriptor(dev, 0x02, 0, 9)).data;
+    const w = walkConfiguration((await getDescriptor(dev, 0x02, 0, head.readUInt16LE(2))).data);
+    const companion = { maxBurst: 15, attributes: 0, bytesPerInterval: 0 };
+    assert.deepEqual(w.interfaces[0]!.endpoints, [
+      { address: 0x81, attributes: 2, maxPacketSize: 1024, interval: 0, companion },
+      { address: 0x02, attributes: 2, maxPacketSize: 1024, interval: 0, companion },
+    ]);
+    assert.equal(w.config.maxPower, Math.ceil(100 / 8));
+  });
+
+  it('answers BOS (USB 2.0 extension, SuperSpeed capability with zero exit latencies: no LPM) and stalls the high-speed-only descriptors', async () => {
+    const head = (await getDescriptor(dev, 0x0f, 0, 5)).data;
+    assert.deepEqual([head[0], head[1], head[4]], [5, 0x0f, 2]);
+    const bos = (await getDescriptor(dev, 0x0f, 0, head.readUInt16LE(2))).data;
+    assert.equal(bos.length, 5 + 7 + 10);
+    assert.deepEqual([...bos.subarray(5, 8)], [7, 0x10, 0x02], 'USB 2.0 extension');
+    assert.deepEqual([...bos.subarray(12, 15)], [10, 0x10, 0x03], 'SuperSpeed USB');
+    assert.equal(bos.readUInt16LE(16), 0x000e, 'full, high and 5 Gb/s');
+    assert.deepEqual([bos[19], bos.readUInt16LE(20)], [0, 0], 'U1/U2 exit latencies zero');
+    assert.equal((await getDescriptor(dev, 0x06, 0, 10)).status, EPIPE, 'no device_qualifier at SuperSpeed');
+    assert.equal((await getDescriptor(dev, 0x07, 0, 255)).status, EPIPE, 'no other_speed_configuration');
+  });
+
+  it('accepts SET_ISOCH_DELAY and SET_SEL, which a high-speed device stalls', async () => {
+    assert.equal((await control(dev, 0x00, 0x31, 40, 0, 0)).status, 0, 'SET_ISOCH_DELAY');
+    assert.equal((await control(dev, 0x00, 0x30, 0, 0, 6, Buffer.alloc(6))).status, 0, 'SET_SEL');
+    assert.equal((await control(dev, 0x00, 0x30, 0, 0, 5, Buffer.alloc(5))).status, EPIPE, 'SET_SEL is six bytes');
+    const hs = new StorageDevice(new MemoryImage(Buffer.alloc(64 * 1024)), { location: LOCATION, serial: '0123456789AB' });
+    assert.equal((await control(hs, 0x00, 0x31, 40, 0, 0)).status, EPIPE);
+    assert.equal((await control(hs, 0x00, 0x30, 0, 0, 6, Buffer.alloc(6))).status, EPIPE);
+  });
+
+  it('moves 1 MiB per command (max_sectors 2048) and reads back what it wrote', async () => {
+    const fresh = randomBytes(1 << 20);
+    const w = await command(dev, rw10(0x2a, 8, 2048), { out: fresh });
+    assert.deepEqual([w.csw.status, w.csw.residue], [CswStatus.PASSED, 0]);
+    const r = await command(dev, rw10(0x28, 8, 2048), { in: fresh.length });
+    assert.deepEqual([r.csw.status, r.csw.residue], [CswStatus.PASSED, 0]);
+    assert.equal(sha(r.data), sha(fresh));
   });
 });
 
@@ -801,9 +879,14 @@ describe('emulated keyboard', () => {
 
 describe('createEmulated', () => {
   it('parses specs', () => {
-    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img'), { kind: 'storage', image: '/a/b.img', readOnly: false });
-    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:ro'), { kind: 'storage', image: '/a/b.img', readOnly: true });
-    assert.deepEqual(parseEmulatedSpec('emulated:storage:c:d.img:rw'), { kind: 'storage', image: 'c:d.img', readOnly: false });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img'), { kind: 'storage', image: '/a/b.img', readOnly: false, speed: 3 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:ro'), { kind: 'storage', image: '/a/b.img', readOnly: true, speed: 3 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:c:d.img:rw'), { kind: 'storage', image: 'c:d.img', readOnly: false, speed: 3 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:ss'), { kind: 'storage', image: '/a/b.img', readOnly: false, speed: 5 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:ro:ss'), { kind: 'storage', image: '/a/b.img', readOnly: true, speed: 5 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:hs'), { kind: 'storage', image: '/a/b.img', readOnly: false, speed: 3 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/x:ss:rw:hs'), { kind: 'storage', image: '/a/x:ss', readOnly: false, speed: 3 }, 'explicit options keep a path that ends like one');
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/x:ro:rw'), { kind: 'storage', image: '/a/x:ro', readOnly: false, speed: 3 });
     assert.deepEqual(parseEmulatedSpec('emulated:keyboard'), { kind: 'keyboard', text: '' });
     assert.deepEqual(parseEmulatedSpec('emulated:keyboard:a:b\\n\\t\\\\\\:'), { kind: 'keyboard', text: 'a:b\n\t\\:' });
   });
@@ -811,7 +894,8 @@ describe('createEmulated', () => {
   it('refuses bad specs with errors naming the spec', async () => {
     const cases: [string, RegExp][] = [
       ['emulated:printer', /^emulated:printer: unknown emulated device "printer"/],
-      ['emulated:', /^emulated:: expected emulated:storage:IMAGE\[:ro\] or emulated:keyboard\[:TEXT\]/],
+      ['emulated:', /^emulated:: expected emulated:storage:IMAGE\[:ro\]\[:hs\|:ss\] or emulated:keyboard\[:TEXT\]/],
+      ['emulated:storage::ss', /no image file/],
       ['host:1-2', /^host:1-2: expected/],
       ['emulated:storage', /no image file/],
       ['emulated:storage::ro', /no image file/],

@@ -1,6 +1,6 @@
-// USB 2.0 chapter 9 numbers the emulated devices need (USB 2.0 spec tables 9-2 .. 9-6, Linux
-// include/uapi/linux/usb/ch9.h), the HID class numbers (HID 1.11 section 7.1-7.2), and the setup
-// packet reader. Pure data; no I/O.
+// USB 2.0 chapter 9 numbers the emulated devices need (USB 2.0 spec tables 9-2 .. 9-6, and the
+// SuperSpeed additions of USB 3.2 tables 9-4, 9-5, 9-14; Linux include/uapi/linux/usb/ch9.h), the
+// HID class numbers (HID 1.11 section 7.1-7.2), and the setup packet reader. Pure data; no I/O.
 
 /** bmRequestType bits 6..5 (USB 2.0 table 9-2). */
 export const RequestKind = { STANDARD: 0, CLASS: 1, VENDOR: 2 } as const;
@@ -20,6 +20,10 @@ export const StandardRequest = {
   GET_INTERFACE: 0x0a,
   SET_INTERFACE: 0x0b,
   SYNCH_FRAME: 0x0c,
+  /** USB 3.2 table 9-4: U1/U2 exit latencies, sent only to a device whose BOS allows LPM. */
+  SET_SEL: 0x30,
+  /** USB 3.2 table 9-4: the hub delay, sent to every SuperSpeed device at enumeration. */
+  SET_ISOCH_DELAY: 0x31,
 } as const;
 
 /** bDescriptorType (USB 2.0 table 9-5; HID 1.11 section 7.1). */
@@ -33,12 +37,17 @@ export const DescriptorType = {
   OTHER_SPEED_CONFIGURATION: 0x07,
   INTERFACE_POWER: 0x08,
   BOS: 0x0f,
+  DEVICE_CAPABILITY: 0x10,
+  SS_ENDPOINT_COMPANION: 0x30,
   HID: 0x21,
   HID_REPORT: 0x22,
 } as const;
 
 /** Feature selectors (USB 2.0 table 9-6). */
 export const Feature = { ENDPOINT_HALT: 0, DEVICE_REMOTE_WAKEUP: 1, TEST_MODE: 2 } as const;
+
+/** bDevCapabilityType of the BOS device capabilities (USB 3.2 table 9-14). */
+export const DeviceCapability = { USB_2_0_EXTENSION: 0x02, SUPERSPEED_USB: 0x03 } as const;
 
 /** bmAttributes bits 1..0 of an endpoint descriptor (USB 2.0 table 9-13). */
 export const TransferType = { CONTROL: 0, ISOCHRONOUS: 1, BULK: 2, INTERRUPT: 3 } as const;

@@ -12,7 +12,7 @@
 // configuration changes or the importer detaches.
 import { DescriptorType, DIR_IN, Feature, LANGID_EN_US, Recipient, RequestKind, StandardRequest, URB_SHORT_NOT_OK, readSetup, type SetupPacket } from './ch9.js';
 import { buildDescriptors, type DescriptorSet, type DeviceSpec, type EndpointKind } from './descriptors.js';
-import { UrbErrno, type Urb, type UrbResult, type UsbDevice, type UsbDeviceInfo } from '../device.js';
+import { UrbErrno, UsbSpeed, type Urb, type UrbResult, type UsbDevice, type UsbDeviceInfo } from '../device.js';
 
 export interface DeviceLocation {
   busid: string;
@@ -85,9 +85,11 @@ export abstract class EmulatedDevice implements UsbDevice {
   readonly #alternates = new Map<number, number>();
   #endpoints = new Map<number, EndpointState>();
   #remoteWakeup = false;
+  readonly #superSpeed: boolean;
 
   constructor(spec: DeviceSpec, location: DeviceLocation) {
     this.descriptors = buildDescriptors(spec);
+    this.#superSpeed = spec.speed >= UsbSpeed.SUPER;
     const first = spec.configurations[0]!;
     this.info = {
       busid: location.busid,
@@ -257,6 +259,12 @@ export abstract class EmulatedDevice implements UsbDevice {
       case StandardRequest.SET_INTERFACE:
         if (s.recipient !== Recipient.INTERFACE || s.wLength !== 0) return null;
         return this.#setInterface(s.wIndex, s.wValue) ? true : null;
+      case StandardRequest.SET_SEL:
+        // USB 3.2 section 9.4.12: six bytes of U1/U2 exit latencies; only a SuperSpeed device has them.
+        return this.#superSpeed && s.direction === 'out' && s.recipient === Recipient.DEVICE && s.wValue === 0 && s.wIndex === 0 && s.wLength === 6 ? true : null;
+      case StandardRequest.SET_ISOCH_DELAY:
+        // USB 3.2 section 9.4.11: the hub delay in ns (wValue); nothing here is isochronous.
+        return this.#superSpeed && s.recipient === Recipient.DEVICE && s.wIndex === 0 && s.wLength === 0 ? true : null;
       default: // SET_DESCRIPTOR, SYNCH_FRAME (no isochronous endpoints), reserved numbers
         return null;
     }
@@ -320,7 +328,9 @@ export abstract class EmulatedDevice implements UsbDevice {
         return index === 0 ? d.qualifier : null;
       case DescriptorType.OTHER_SPEED_CONFIGURATION:
         return d.otherSpeedConfigurations[index] ?? null;
-      default: // BOS (bcdUSB 0x0200 needs none), INTERFACE_POWER, ...
+      case DescriptorType.BOS:
+        return index === 0 ? d.bos : null; // a USB 2.0 device (bcdUSB 0x0200) has none
+      default: // INTERFACE_POWER, ...
         return null;
     }
   }

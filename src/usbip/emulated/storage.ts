@@ -1,6 +1,11 @@
-// emulated:storage:IMAGE[:ro] — a high-speed USB mass-storage device speaking Bulk-Only Transport
+// emulated:storage:IMAGE[:ro][:hs|:ss] — a USB mass-storage device speaking Bulk-Only Transport
 // (USB MSC BOT 1.0) with the SCSI transparent command set (interface class 8, subclass 6, protocol
-// 0x50) over a ScsiDisk on the image. One bulk IN and one bulk OUT endpoint, 512-byte packets.
+// 0x50) over a ScsiDisk on the image. One bulk IN and one bulk OUT endpoint: 512-byte packets at
+// high speed, 1024-byte packets with bursts of 16 at SuperSpeed (usbip speed 5: vhci-hcd puts it on
+// its USB 3 root hub). The speed matters to the importer's throughput: Linux's usb-storage lets
+// a SuperSpeed device move 2048 sectors (1 MiB) per SCSI command, a high-speed one 240 (120 KiB)
+// (drivers/usb/storage/scsiglue.c slave_configure), and every command costs three URB round
+// trips (CBW, data, CSW).
 //
 // The transport is a state machine over the two endpoint queues (control.ts): a CBW arrives on bulk
 // OUT, then the data stage (bulk IN or OUT), then the CSW on bulk IN; the device only takes an URB
@@ -36,7 +41,7 @@ export const STORAGE_VENDOR_ID = 0x1209;
 export const STORAGE_PRODUCT_ID = 0x0001;
 /**
  * The most one bulk URB moves. Linux sends at most max_sectors (240 blocks, 120 KiB, for a
- * high-speed device) per command; a bigger IN URB from a hostile importer gets this much, which ends
+ * high-speed device, 2048 blocks, 1 MiB, at SuperSpeed) per command; a bigger IN URB from a hostile importer gets this much, which ends
  * the data stage like a short packet, so no URB makes the device allocate more.
  */
 export const MAX_BULK_URB = 4 << 20;
@@ -65,16 +70,24 @@ export interface StorageOptions {
   /** USB iSerialNumber and SCSI unit serial; at least 12 hex digits (BOT 4.1.1). */
   serial: string;
   product?: string;
+  /** UsbSpeed.HIGH (the default) or UsbSpeed.SUPER. */
+  speed?: StorageSpeed;
 }
 
-export function storageSpec(serial: string, product = 'prism emulated storage'): DeviceSpec {
+export type StorageSpeed = typeof UsbSpeed.HIGH | typeof UsbSpeed.SUPER;
+
+export function storageSpec(serial: string, product = 'prism emulated storage', speed: StorageSpeed = UsbSpeed.HIGH): DeviceSpec {
+  const superSpeed = speed === UsbSpeed.SUPER;
+  const packet = superSpeed ? 1024 : 512;
+  // bMaxBurst 15: 16 packets per burst, what SuperSpeed disks commonly declare.
+  const companion = superSpeed ? { superSpeed: { maxBurst: 15 } } : {};
   return {
-    speed: UsbSpeed.HIGH,
-    usbVersion: 0x0200,
+    speed,
+    usbVersion: superSpeed ? 0x0300 : 0x0200,
     deviceClass: 0, // per interface
     deviceSubClass: 0,
     deviceProtocol: 0,
-    maxPacketSize0: 64,
+    maxPacketSize0: superSpeed ? 9 : 64,
     idVendor: STORAGE_VENDOR_ID,
     idProduct: STORAGE_PRODUCT_ID,
     bcdDevice: 0x0100,
@@ -93,8 +106,8 @@ export function storageSpec(serial: string, product = 'prism emulated storage'):
             interfaceSubClass: 0x06, // SCSI transparent command set
             interfaceProtocol: 0x50, // Bulk-Only Transport
             endpoints: [
-              { address: STORAGE_EP_IN, kind: 'bulk', maxPacketSize: 512, interval: 0 },
-              { address: STORAGE_EP_OUT, kind: 'bulk', maxPacketSize: 512, interval: 0 },
+              { address: STORAGE_EP_IN, kind: 'bulk', maxPacketSize: packet, interval: 0, ...companion },
+              { address: STORAGE_EP_OUT, kind: 'bulk', maxPacketSize: packet, interval: 0, ...companion },
             ],
           },
         ],
@@ -113,16 +126,16 @@ export class StorageDevice extends EmulatedDevice {
   lastCbwError: CbwError | null = null;
 
   constructor(image: BlockImage, opts: StorageOptions) {
-    super(storageSpec(opts.serial, opts.product), opts.location);
+    super(storageSpec(opts.serial, opts.product, opts.speed), opts.location);
     const identity: DiskIdentity = { vendor: 'prism', product: 'Emulated Disk', revision: '0100', serial: opts.serial, removable: true };
     this.disk = new ScsiDisk(image, identity);
   }
 
   /** Opens IMAGE (O_RDONLY when readOnly) and builds the device; the serial derives from the image's real path. */
-  static async open(path: string, readOnly: boolean, location: DeviceLocation): Promise<StorageDevice> {
+  static async open(path: string, readOnly: boolean, location: DeviceLocation, speed: StorageSpeed = UsbSpeed.HIGH): Promise<StorageDevice> {
     const image = await FileImage.open(path, readOnly);
     const serial = createHash('sha256').update(await realpath(path)).digest('hex').slice(0, 24).toUpperCase();
-    return new StorageDevice(image, { location, serial });
+    return new StorageDevice(image, { location, serial, speed });
   }
 
   /** The BOT phase, for tests and logs. */
