@@ -750,7 +750,7 @@ describe('usbip server: configuration, listeners, shutdown', () => {
     assert.doesNotThrow(() => new UsbipServer(devices));
     await assert.rejects(createDevices(['usb:1-1']), (e: unknown) => e instanceof UsageError && /unknown kind "usb"/.test(e.message));
     await assert.rejects(createDevices(['nocolon']), (e: unknown) => e instanceof UsageError && /unknown kind/.test(e.message));
-    await assert.rejects(createDevices(['host:1d6b:0104']), (e: unknown) => e instanceof UsageError && /not implemented yet/.test(e.message));
+    await assert.rejects(createDevices(['host:ffff:fffe']), (e: unknown) => e instanceof UsageError && /--device host:ffff:fffe: no such USB device on this machine/.test(e.message));
     // kernel: reads sysfs: a bus ID this machine does not have is refused, naming where it looked.
     await assert.rejects(createDevices(['kernel:999-9']), (e: unknown) => e instanceof UsageError && /no USB device 999-9: \/sys\/bus\/usb\/devices\/999-9 does not exist/.test(e.message));
     await assert.rejects(createDevices(['kernel:1-1:1.0']), (e: unknown) => e instanceof UsageError && /not a USB device's/.test(e.message));

@@ -186,7 +186,7 @@ Devices get bus IDs 1-1, 1-2, ... in the order of --device (what \`usbip list -r
 \`prism usbip list\` show, and what an importer names to attach).
   emulated:storage:IMAGE[:ro]   USB mass storage (bulk-only, SCSI) on an image file
   emulated:keyboard[:TEXT]      HID boot keyboard that types TEXT
-  host:VID:PID                  not implemented yet
+  host:VID:PID | host:BUS-PORT  a device of this machine through libusb, taken from its drivers while imported
   kernel:BUSID                  a device of this machine (bus ID as in /sys/bus/usb/devices, e.g. 2-1.3)
                                 through the kernel's usbip-host, as usbipd does: bound to usbip-host at
                                 start and given back to its driver at exit; it keeps its real bus ID
