@@ -15,6 +15,7 @@ import { OpStatus, ReplyReader, encode, type OpRepImport, type UsbipReply, type 
 import * as sys from '../src/sys/index.js';
 import { DeviceUnavailableError } from '../src/usbip/device.js';
 import { KernelDevice, KernelDeviceError, KernelSpecError, SdevStatus, Sysfs, openKernelDevice, parseKernelSpec, readDeviceInfo } from '../src/usbip/kernel.js';
+import { dial, listen } from '../src/transport/index.js';
 import { UsbipPolicy } from '../src/usbip/policy.js';
 import { UsbipServer, type LogFn } from '../src/usbip/server.js';
 
@@ -315,6 +316,42 @@ class RawClient {
   }
 }
 
+/**
+ * The fake kernel takes its own reference to each socket written to usbip_sockfd, as
+ * sockfd_lookup does: here by sending the fd to itself over a socketpair (a reference in flight
+ * keeps the socket open after prism closes its fd). Returns the fds as they arrive.
+ */
+function takeReferences(k: FakeKernel): number[] {
+  const [kin, kout] = sys.unixSocketPair();
+  cleanups.push(() => {
+    kin.destroy();
+    kout.destroy();
+  });
+  const fds: number[] = [];
+  kout.on('fds', (got: number[]) => fds.push(...got));
+  kout.on('data', () => undefined);
+  k.onSockfd = (fd) => kin.writeWithFds(Buffer.from('x'), [fd]);
+  return fds;
+}
+
+/** Sends what an importer's kernel sends next and checks prism left all of it in the socket. */
+async function assertLeftForTheKernel(c: RawClient, kernelFds: number[]): Promise<void> {
+  const cmdSubmit = Buffer.from('00000001000000640002000700000000000000000000000000000000000000000000000000000000', 'hex');
+  c.stream.write(cmdSubmit);
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(c.ended, false, 'prism closed its fd only: the socket stays up for the kernel');
+  assert.equal(kernelFds.length, 1);
+  const kernelSide = sys.adoptSocket(kernelFds.shift() as number);
+  cleanups.push(() => void kernelSide.destroy());
+  let timer: NodeJS.Timeout | undefined;
+  const got = await Promise.race([
+    new Promise<Buffer>((resolve) => kernelSide.once('data', resolve)),
+    new Promise<Buffer>((resolve) => (timer = setTimeout(() => resolve(Buffer.alloc(0)), 2000))),
+  ]);
+  clearTimeout(timer);
+  assert.deepEqual(got, cmdSubmit, 'the bytes after the reply are all still in the socket');
+}
+
 describe('kernel: the server hands the connection to the kernel', () => {
   function serve(k: FakeKernel, rules = ['peer=vsock:4']): { server: UsbipServer; device: KernelDevice; logs: string[]; connect: (peer?: string) => RawClient } {
     const device = KernelDevice.open('2-1.3', { sysfs: k, pollMs: 10 });
@@ -336,17 +373,7 @@ describe('kernel: the server hands the connection to the kernel', () => {
 
   it('writes the socket fd to usbip_sockfd, replies with the record, then reads nothing: later bytes wait for the kernel', async () => {
     const k = fakeSysfs();
-    // The fake kernel takes its own reference the way sockfd_lookup does: here by sending the fd
-    // to itself over another socketpair (a reference in flight keeps the socket open).
-    const [kin, kout] = sys.unixSocketPair();
-    cleanups.push(() => {
-      kin.destroy();
-      kout.destroy();
-    });
-    const kernelFds: number[] = [];
-    kout.on('fds', (fds: number[]) => kernelFds.push(...fds));
-    kout.on('data', () => undefined);
-    k.onSockfd = (fd) => kin.writeWithFds(Buffer.from('x'), [fd]);
+    const kernelFds = takeReferences(k);
     const { logs, connect, server } = serve(k);
     const c = connect();
     const r = await c.importReply('2-1.3');
@@ -356,17 +383,9 @@ describe('kernel: the server hands the connection to the kernel', () => {
     assert.equal(k.usbipStatus('2-1.3'), SdevStatus.USED);
 
     // What the importer's kernel sends next (CMD_SUBMIT) is not prism's to read.
-    const after = Buffer.from('00000001000000640002000700000000000000000000000000000000000000000000000000000000', 'hex');
-    c.stream.write(after);
-    await new Promise((r) => setTimeout(r, 150));
-    assert.equal(c.ended, false, 'prism closed its fd only: the socket stays up for the kernel');
+    await assertLeftForTheKernel(c, kernelFds);
     assert.ok(logs.some((l) => /^info usbip device imported .*"handedTo":"kernel \(usbip-host\)"/.test(l)), logs.join('\n'));
     assert.ok(logs.some((l) => /^info usbip connection closed .*handed to the kernel/.test(l)), logs.join('\n'));
-    assert.equal(kernelFds.length, 1);
-    const kernelSide = sys.adoptSocket(kernelFds[0] as number);
-    cleanups.push(() => void kernelSide.destroy());
-    const got = await new Promise<Buffer>((resolve) => kernelSide.once('data', resolve));
-    assert.deepEqual(got, after, 'the bytes after the reply are all still in the socket');
 
     // A second importer is refused while the kernel has it.
     const c2 = connect();
@@ -382,6 +401,26 @@ describe('kernel: the server hands the connection to the kernel', () => {
     assert.equal(server.status().devices[0]?.importedBy, null);
     assert.equal((await connect().importReply('2-1.3')).status, OpStatus.OK, 'free again');
     assert.equal(k.sockfds.length, 2);
+  });
+
+  it('the same over a Unix listener, where the server\'s stream is a net.Socket', async () => {
+    const k = fakeSysfs();
+    const kernelFds = takeReferences(k);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-usbip-kernel-'));
+    cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const sock = `unix:${path.join(dir, 'usbip.sock')}`;
+    const device = KernelDevice.open('2-1.3', { sysfs: k, pollMs: 10 });
+    const server = new UsbipServer([device], { policy: new UsbipPolicy([`peer=${sock}`]) });
+    server.serve(await listen(sock));
+    cleanups.push(async () => {
+      await server.close();
+      await device.close();
+    });
+    const stream = await dial(sock);
+    cleanups.push(() => void stream.destroy());
+    const c = new RawClient(stream);
+    assert.equal((await c.importReply('2-1.3')).status, OpStatus.OK);
+    await assertLeftForTheKernel(c, kernelFds);
   });
 
   it('an import the policy refuses gets status 1 and the kernel gets nothing', async () => {
