@@ -26,7 +26,7 @@ die() { say "error: $*"; exit 1; }
 
 # Host tools. The guest also gets socat and usbip from here; diod is a reference 9p server;
 # dpdk-dev brings dpdk-testpmd, a guest-less vhost-user frontend and reference backend.
-packages=(qemu-system-x86 busybox-static socat usbip diod cpio kmod dpdk-dev)
+packages=(qemu-system-x86 busybox-static socat usbip diod cpio kmod dpdk-dev libudev1)
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
