@@ -95,12 +95,15 @@ describe('prism usbip serve --device host:1d6b:0104: a configfs gadget on dummy_
     assert.match(marker(g, 'GIVEN-BACK'), /^sd[a-z]+$/, guestTail(g, 120));
   });
 
-  it('unplugging the gadget under an importer fails its URBs; the server logs it, stays up and still lists', () => {
+  it('unplugging the gadget under an importer ends the import (vhci frees the port); the server stops listing it and stays up', () => {
     assert.match(marker(g, 'REATTACHED'), /^\d+ sd[a-z]+$/);
     assert.ok(marker(g, 'UNPLUGGED'));
     assert.match(marker(g, 'READ-AFTER-UNPLUG'), /^failed/, guestTail(g, 120));
     assert.match(g.console, /^SRV .*"msg":"host usb device is gone/m, guestTail(g, 120));
-    assert.equal(marker(g, 'LIST-AFTER-UNPLUG'), '1-1');
+    assert.match(g.console, /^SRV .*"why":"the device is gone: .*"msg":"usbip device released"/m, guestTail(g, 120));
+    assert.equal(marker(g, 'PORT-FREED'), 'yes', `vhci-hcd saw the connection end and freed its port\n${guestTail(g, 120)}`);
+    assert.equal(marker(g, 'LIST-AFTER-UNPLUG'), 'empty', 'a gone device is listed no more');
+    assert.match(marker(g, 'IMPORT-AFTER-UNPLUG'), /^refused /, 'and cannot be imported');
     assert.equal(marker(g, 'SERVER-RUNNING'), 'yes');
     assert.equal(marker(g, 'SERVER-EXIT'), '0', 'the server stops on SIGTERM');
     assert.equal(g.exitCode, 0, guestTail(g, 120));

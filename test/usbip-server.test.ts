@@ -671,6 +671,31 @@ describe('usbip server: hostile input', () => {
   });
 });
 
+describe('usbip server: a device that vanishes (unplugged)', () => {
+  it('ends the import that holds it (URBs aborted, stream closed), lists it no more and refuses to import it', async () => {
+    const gone = new FakeDevice('1-1', 2);
+    let unplug!: (why: string) => void;
+    Object.assign(gone, { vanished: new Promise<string>((resolve) => (unplug = resolve)) });
+    const { connect, devices, server, logs } = setup({ devices: [gone, new FakeDevice('1-2', 3)] });
+    const c = connect();
+    assert.equal((await c.import('1-1')).status, OpStatus.OK);
+    c.submit({ direction: 'in', ep: 3, transferBufferLength: 8 });
+    await waitFor(() => devices[0]?.holding === 1);
+    unplug('1-3 is gone from this machine (unplugged?)');
+    await c.waitEnd();
+    await waitFor(() => devices[0]?.detachedCount === 1 && server.connectionCount === 0);
+    assert.equal(devices[0]?.aborted.length, 1, 'the running URB was aborted');
+    const released = logs.find((l) => l.msg === 'usbip device released');
+    assert.match(String(released?.fields.why), /the device is gone: 1-3 is gone/);
+    assert.ok(logs.some((l) => l.level === 'warn' && l.msg.startsWith('usbip device gone') && l.fields.importedBy === 'vsock:4:1035'));
+    const other = connect();
+    assert.deepEqual((await other.devlist()).devices.map((d) => d.device.busid), ['1-2']);
+    assert.equal((await other.import('1-1')).status, OpStatus.NODEV);
+    assert.ok(logs.some((l) => l.msg === 'usbip import refused: the device is gone'));
+    assert.equal((await connect().import('1-2')).status, OpStatus.OK, 'the other device carries on');
+  });
+});
+
 describe('usbip server: configuration, listeners, shutdown', () => {
   it('refuses devices with duplicate busids or devids, and bad busids', () => {
     assert.throws(() => new UsbipServer([new FakeDevice('1-1', 2), new FakeDevice('1-1', 3)]), UsbipConfigError);

@@ -51,6 +51,13 @@ export interface UsbDevice {
   adoptConnection?(fd: number): AdoptedConnection;
   /** Gives the device back when the server stops (a kernel: device returns to its host driver). */
   close?(): Promise<void>;
+  /**
+   * Resolves, with why, once the device is gone for good (a host: device unplugged): the server
+   * ends its import by closing the connection, as usbip-host does when its device disconnects
+   * (vhci-hcd then frees the port by itself), and lists and imports it no more. Never settles for
+   * a device that cannot vanish.
+   */
+  readonly vanished?: Promise<string>;
 }
 
 export interface AdoptedConnection {

@@ -22,6 +22,9 @@
 // mean a broken client: the import is refused. The device stays claimed until it says the
 // importer let go.
 //
+// A device whose `vanished` settles (unplugged) ends the connection that imported it, and is
+// listed and imported no more.
+//
 // Hostile input costs the client, never the server: a malformed CMD_SUBMIT gets RET_SUBMIT with an
 // error status (-EINVAL, -EMSGSIZE, -ENODEV for a devid that is not the imported device's) and the
 // session carries on; a stream that cannot be framed is closed. A device that throws, never
@@ -159,6 +162,23 @@ export class UsbipServer {
     this.maxPerPeer = int(opts.maxConnectionsPerPeer, 16, 1, 65536, 'maxConnectionsPerPeer');
     this.policy = opts.policy ?? new UsbipPolicy();
     this.log = opts.log ?? (() => undefined);
+    for (const d of devices) void d.vanished?.then((why) => this.vanish(d, why));
+  }
+
+  /** busid → why, for devices that are gone for good. */
+  private readonly gone = new Map<string, string>();
+
+  private vanish(d: UsbDevice, why: string): void {
+    const busid = d.info.busid;
+    this.gone.set(busid, why);
+    const holder = this.claims.get(busid);
+    this.log('warn', 'usbip device gone: it is listed no more', { busid, why, importedBy: holder?.peer ?? null });
+    holder?.end(`the device is gone: ${why}`);
+  }
+
+  /** Why the device is gone, or null while it is there. */
+  goneWhy(busid: string): string | null {
+    return this.gone.get(busid) ?? null;
   }
 
   get connectionCount(): number {
@@ -197,7 +217,7 @@ export class UsbipServer {
 
   /** The devices `peer` may import, in the order they were given. */
   visibleTo(peer: string): UsbDevice[] {
-    return [...this.devices.values()].filter((d) => this.policy.allows(peer, d.info));
+    return [...this.devices.values()].filter((d) => !this.gone.has(d.info.busid) && this.policy.allows(peer, d.info));
   }
 
   device(busid: string): UsbDevice | undefined {
@@ -409,8 +429,9 @@ export class UsbipConnection {
   private import(msg: OpReqImport): void {
     const fields = { peer: this.peer, busid: msg.busid };
     const device = this.server.device(msg.busid);
-    if (device === undefined) {
-      this.log('warn', 'usbip import refused: no such device', fields);
+    const gone = this.server.goneWhy(msg.busid);
+    if (device === undefined || gone !== null) {
+      this.log('warn', gone === null ? 'usbip import refused: no such device' : 'usbip import refused: the device is gone', gone === null ? fields : { ...fields, why: gone });
       this.send({ type: 'OP_REP_IMPORT', status: OpStatus.NODEV, device: null });
       return;
     }

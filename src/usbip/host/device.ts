@@ -105,6 +105,9 @@ export class HostUsbDevice implements UsbDevice {
   private chain: Promise<unknown> = Promise.resolve();
   private gone = false;
   private isOpen = false;
+  private vanish: (why: string) => void = () => undefined;
+  /** Settles when libusb reports the device gone (LIBUSB_ERROR_NO_DEVICE): the server ends its import. */
+  readonly vanished = new Promise<string>((resolve) => (this.vanish = resolve));
 
   constructor(
     private readonly lib: Libusb,
@@ -420,7 +423,8 @@ export class HostUsbDevice implements UsbDevice {
     if (this.gone) return;
     this.gone = true;
     this.claimed.clear();
-    this.log('warn', 'host usb device is gone (unplugged?): its URBs now fail with ENODEV; restart prism once it is back', { device: this.hostName, busid: this.info.busid });
+    this.log('warn', 'host usb device is gone (unplugged?): its import ends and it is listed no more; restart prism once it is back', { device: this.hostName, busid: this.info.busid });
+    this.vanish(`${this.hostName} is gone from this machine (unplugged?)`);
   }
 
   private fail(urb: Urb, status: number): UrbResult {
