@@ -8,7 +8,7 @@ import { listen, type Listener } from '../transport/index.js';
 import type { UsbDevice } from '../usbip/device.js';
 import { EmulatedSpecError, createEmulated } from '../usbip/emulated/index.js';
 import { PolicyError, UsbipPolicy, formatRule, parseRule, vidPidOf, type UsbipRule } from '../usbip/policy.js';
-import { UsbipServer } from '../usbip/server.js';
+import { UsbipServer, type LogFn } from '../usbip/server.js';
 import { UsageError } from './errors.js';
 import { createLogger } from './log.js';
 import { addImporterCommands } from './usbip-import.js';
@@ -20,14 +20,14 @@ export interface DeviceLocation {
   devnum: number;
 }
 
-type DeviceFactory = (spec: string, location: DeviceLocation) => Promise<UsbDevice>;
+type DeviceFactory = (spec: string, location: DeviceLocation, log?: LogFn) => Promise<UsbDevice>;
 
 /** Loads a device module only when a spec needs it (host: loads the libusb addon) and turns its spec errors into usage errors. */
-function lazy<E extends Error>(load: () => Promise<{ open: DeviceFactory; SpecError: new (...a: never[]) => E }>): DeviceFactory {
-  return async (spec, location) => {
+function lazy<E extends Error>(load: () => Promise<{ open: (spec: string, location: DeviceLocation, opts: { log?: LogFn }) => Promise<UsbDevice>; SpecError: new (...a: never[]) => E }>): DeviceFactory {
+  return async (spec, location, log) => {
     const { open, SpecError } = await load();
     try {
-      return await open(spec, location);
+      return await open(spec, location, log === undefined ? {} : { log });
     } catch (e) {
       if (e instanceof SpecError) throw new UsageError(e.message);
       throw e;
@@ -59,7 +59,7 @@ export const DEVICE_KINDS: Readonly<Record<string, DeviceFactory>> = {
 };
 
 /** Makes the devices of the --device specs, in order, with bus IDs 1-1, 1-2, ... */
-export async function createDevices(specs: readonly string[]): Promise<UsbDevice[]> {
+export async function createDevices(specs: readonly string[], log?: LogFn): Promise<UsbDevice[]> {
   if (specs.length > 254) throw new UsageError(`${specs.length} devices; at most 254`);
   const out: UsbDevice[] = [];
   try {
@@ -67,7 +67,7 @@ export async function createDevices(specs: readonly string[]): Promise<UsbDevice
       const kind = spec.slice(0, spec.indexOf(':') >>> 0);
       const factory = Object.hasOwn(DEVICE_KINDS, kind) ? DEVICE_KINDS[kind] : undefined;
       if (factory === undefined) throw new UsageError(`--device ${spec}: unknown kind "${kind}" (known: ${Object.keys(DEVICE_KINDS).map((k) => `${k}:`).join(', ')})`);
-      out.push(await factory(spec, { busid: `1-${i + 1}`, busnum: 1, devnum: i + 2 }));
+      out.push(await factory(spec, { busid: `1-${i + 1}`, busnum: 1, devnum: i + 2 }, log));
     }
   } catch (e) {
     // A kernel: device made before a later spec failed goes back to its driver.
@@ -119,7 +119,8 @@ async function runServe(opts: ServeCli): Promise<void> {
   const log = createLogger();
   if (opts.listen.length === 0) throw new UsageError('give at least one --listen ADDR');
   if (opts.device.length === 0) throw new UsageError('give at least one --device SPEC');
-  const devices = await createDevices(opts.device);
+  const logFn: LogFn = (level, msg, fields) => log[level](fields ?? {}, msg);
+  const devices = await createDevices(opts.device, logFn);
   const closeAll = (): Promise<void> => closeDevices(devices, (busid, e) => log.warn({ busid, error: e.message }, 'usbip device could not be given back'));
   let server: UsbipServer;
   try {
@@ -128,7 +129,7 @@ async function runServe(opts: ServeCli): Promise<void> {
       maxConnections: opts.maxConnections,
       maxConnectionsPerPeer: opts.maxConnectionsPerPeer,
       maxInflight: opts.maxInflight,
-      log: (level, msg, fields) => log[level](fields ?? {}, msg),
+      log: logFn,
     });
   } catch (e) {
     await closeAll();

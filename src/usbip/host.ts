@@ -10,7 +10,6 @@
 // device's own; the host location is logged.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { pino } from 'pino';
 import type { UsbDevice, UsbDeviceInfo } from './device.js';
 import type { DeviceLocation } from './emulated/control.js';
 import { HostUsbDevice, type Libusb, type LibusbDevice } from './host/device.js';
@@ -38,11 +37,6 @@ export function loadLibusb(): Libusb {
     getDeviceList: () => usb.getDeviceList(),
     transfer: (device, endpoint, type, timeoutMs, done) => new usb.Transfer(device as import('usb').Device, endpoint, type, timeoutMs, done),
   };
-}
-
-function defaultLog(): LogFn {
-  const logger = pino({ level: process.env.PRISM_LOG_LEVEL ?? 'info', base: { pid: process.pid } }, pino.destination({ fd: 2, sync: true }));
-  return (level, msg, fields) => logger[level](fields ?? {}, msg);
 }
 
 function describe(d: LibusbDevice): string {
@@ -119,7 +113,7 @@ export function openHostDevice(spec: string, location: DeviceLocation, opts: Hos
 
 function openNow(spec: string, location: DeviceLocation, opts: HostDeviceOptions): UsbDevice {
   parseHostSpec(spec);
-  const log = opts.log ?? defaultLog();
+  const log: LogFn = opts.log ?? (() => undefined);
   let lib: Libusb;
   let devices: LibusbDevice[];
   try {

@@ -27,6 +27,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { DeviceLocation } from './emulated/control.js';
 import { DeviceUnavailableError, UsbSpeed, type AdoptedConnection, type Urb, type UrbResult, type UsbDevice, type UsbDeviceInfo, type UsbInterfaceInfo } from './device.js';
+import type { LogFn } from './server.js';
 
 /** A `kernel:` spec that cannot make a device; the message names the spec and what to do. */
 export class KernelSpecError extends Error {
@@ -213,6 +214,8 @@ export interface KernelDeviceOptions {
   sysfs?: string | Sysfs;
   /** How often usbip_status is read while an importer has the device (default 500 ms). */
   pollMs?: number;
+  /** Where binding and giving back are told (the server logs imports and releases). */
+  log?: LogFn;
 }
 
 const USB_CLASS_HUB = 0x09;
@@ -233,12 +236,12 @@ export class KernelDevice implements UsbDevice {
   /** Reads the record and binds the device to usbip-host. */
   static open(busid: string, opts: KernelDeviceOptions = {}): KernelDevice {
     const sysfs = typeof opts.sysfs === 'object' ? opts.sysfs : new Sysfs(opts.sysfs);
-    const d = new KernelDevice(busid, sysfs, readDeviceInfo(sysfs, busid), opts.pollMs ?? 500);
+    const d = new KernelDevice(busid, sysfs, readDeviceInfo(sysfs, busid), opts.pollMs ?? 500, opts.log ?? (() => undefined));
     d.bind();
     return d;
   }
 
-  private constructor(readonly busid: string, sysfs: Sysfs, info: UsbDeviceInfo, pollMs: number) {
+  private constructor(readonly busid: string, sysfs: Sysfs, info: UsbDeviceInfo, pollMs: number, private readonly log: LogFn) {
     this.sysfs = sysfs;
     this.info = info;
     this.pollMs = pollMs;
@@ -262,6 +265,7 @@ export class KernelDevice implements UsbDevice {
     const driver = sysfs.driverOf(busid);
     if (driver === 'usbip-host') {
       this.checkAvailable('at start');
+      this.log('info', 'kernel usb device already bound to usbip-host: used as it is, left bound at exit', { busid });
       return; // exported already (an earlier prism or `usbip bind`): used as it is, left as it was
     }
     if (driver !== null) sysfs.write(`bus/usb/drivers/${driver}/unbind`, busid, `${busid} is no longer bound to ${driver}`);
@@ -275,6 +279,7 @@ export class KernelDevice implements UsbDevice {
     }
     this.boundByUs = true;
     this.checkAvailable('after binding');
+    this.log('info', 'kernel usb device bound to usbip-host', { busid, takenFrom: driver });
   }
 
   private checkAvailable(when: string): void {
@@ -381,6 +386,7 @@ export class KernelDevice implements UsbDevice {
         sysfs.write('bus/usb/drivers_probe', busid, `${busid} is gone (unplugged?)`);
       }
     });
+    if (errors.length === 0) this.log('info', 'kernel usb device given back to the host\'s drivers', { busid, driver: sysfs.driverOf(busid) });
     if (errors.length > 0) {
       const first = errors[0] as KernelDeviceError;
       return Promise.reject(new KernelDeviceError(`giving ${busid} back to the host's drivers: ${errors.map((e) => e.message).join('; ')}`, first.path ?? sysfs.path(USBIP_HOST), { cause: first }));
