@@ -63,7 +63,7 @@ interface RowDef {
   attach: string;
 }
 
-const ROWS: RowDef[] = [
+const ALL_ROWS: RowDef[] = [
   { id: 'prism-test', label: 'A  prism serve, hs; guest socat as in the test + usbip attach', prism: true, attach: `usbip --tcp-port ${SOCAT['prism-test'].port} attach -r 127.0.0.1 -b ${BUSID.hs}` },
   { id: 'prism-tuned', label: "A' prism serve, hs; guest socat nodelay -b 256K + usbip attach", prism: true, attach: `usbip --tcp-port ${SOCAT['prism-tuned'].port} attach -r 127.0.0.1 -b ${BUSID.hs}` },
   { id: 'prism-attach-hs', label: 'C  prism serve, hs; guest prism usbip attach vsock:2:3240', prism: true, attach: `hostnode usbip attach vsock:2:${PORT} ${BUSID.hs}` },
@@ -71,7 +71,6 @@ const ROWS: RowDef[] = [
   { id: 'kernel', label: 'B  kernel usbip-host, hs gadget; usbipd, loopback TCP', prism: false, attach: `[ -n "$busid_hs" ] && usbip --tcp-port ${KERNEL_PORT} attach -r 127.0.0.1 -b $busid_hs` },
   { id: 'kernel-ss', label: "B' kernel usbip-host, ss gadget; usbipd, loopback TCP", prism: false, attach: `[ -n "$busid_ss" ] && usbip --tcp-port ${KERNEL_PORT} attach -r 127.0.0.1 -b $busid_ss` },
 ];
-const ROW_IDS = ROWS.map((r) => r.id);
 
 // --- options -------------------------------------------------------------------------------------
 
@@ -81,15 +80,17 @@ const { values: opt } = parseArgs({
     mib: { type: 'string' },
     reps: { type: 'string' },
     keep: { type: 'boolean', default: false },
+    rows: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
 if (opt.help) {
   process.stdout.write(
-    'usage: node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--keep]\n' +
+    'usage: node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--rows ID,...] [--keep]\n' +
       '  --quick     16 MiB image and dd, 1 repetition (smoke test)\n' +
       '  --mib N     image size and dd count in MiB (default 64)\n' +
       '  --reps N    dd repetitions per exporter (median reported; default 3, quick 1)\n' +
+      `  --rows IDS  only these rows (comma-separated; default all: ${ALL_ROWS.map((r) => r.id).join(',')})\n` +
       '  --keep      keep the work directory (logs, image, guest console)\n',
   );
   process.exit(0);
@@ -97,6 +98,13 @@ if (opt.help) {
 const quick = opt.quick;
 const mib = opt.mib !== undefined ? Number(opt.mib) : quick ? 16 : 64;
 if (!Number.isInteger(mib) || mib < 1 || mib > 256) throw new Error(`--mib must be 1..256, got ${opt.mib}`);
+const ROWS = ((): RowDef[] => {
+  if (opt.rows === undefined) return ALL_ROWS;
+  const ids = opt.rows.split(',').map((w) => w.trim());
+  for (const id of ids) if (!ALL_ROWS.some((r) => r.id === id)) throw new Error(`--rows: no row ${id} (rows: ${ALL_ROWS.map((r) => r.id).join(', ')})`);
+  return ALL_ROWS.filter((r) => ids.includes(r.id));
+})();
+const ROW_IDS = ROWS.map((r) => r.id);
 const reps = opt.reps !== undefined ? Number(opt.reps) : quick ? 1 : 3;
 if (!Number.isInteger(reps) || reps < 1 || reps > 20) throw new Error(`--reps must be 1..20, got ${opt.reps}`);
 
@@ -193,6 +201,12 @@ function guestScript(): string {
   return `
 fail() { echo "@@FAIL $*"; }
 up() { cut -d' ' -f1 /proc/uptime; }
+# The guest's busy and idle jiffies (/proc/stat) and its interrupts (/proc/interrupts, all lines), comma-separated.
+guestcpu() {
+  set -- $(head -n1 /proc/stat)
+  n=$(awk 'NR > 1 { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) t += $i } END { print t + 0 }' /proc/interrupts)
+  echo "$(($2 + $3 + $4 + $7 + $8 + $9)),$(($5 + $6)),$n"
+}
 mkdir -p /var/run
 ${hostRootPrelude()}
 # Waits for a new sd disk (not in "$1") and prints its name.
@@ -219,10 +233,11 @@ onerow() {
     q=/sys/block/$d/queue
     echo "@@DISK $row $d $(cat /sys/block/$d/size) $(cat $q/max_sectors_kb) $(cat $q/max_hw_sectors_kb) $(usbip port 2>/dev/null | grep -o '[A-Za-z]* Speed([0-9]*Mbps)' | head -n1 | tr -d ' ')"
     echo 3 > /proc/sys/vm/drop_caches
-    echo "@@BEGIN $row $rep"; t0=$(up)
+    echo "@@BEGIN $row $rep"; s0=$(guestcpu); t0=$(up)
     out=$(${DD('/dev/$d')} 2>&1) || fail "$row: dd: $out"
-    t1=$(up)
+    t1=$(up); s1=$(guestcpu)
     echo "@@END $row $rep $t0 $t1 $(echo "$out" | sed -n 's/^\\([0-9]*\\)+0 records in$/\\1/p')"
+    echo "@@GUEST $row $rep $s0 $s1"
     echo "$out" | sed "s/^/@@DD $row /"
   else
     fail "$row: no disk after attach (rep $rep)"; d=
@@ -306,6 +321,10 @@ interface Sample {
   bytes: number;
   cpuServer?: number;
   cpuVsock?: number;
+  /** The guest's busy share of its CPU during the dd (/proc/stat: user nice system irq softirq steal vs idle iowait). */
+  guestBusy?: number;
+  /** Interrupts the guest took during the dd (/proc/interrupts, all sources). */
+  guestIrqs?: number;
 }
 
 async function main(): Promise<void> {
@@ -358,6 +377,15 @@ async function main(): Promise<void> {
         samples.get(who)?.push(s);
         log(`${who} #${e[2]}: ${s.bytes} bytes in ${s.seconds.toFixed(2)} s = ${(s.bytes / s.seconds / 1e6).toFixed(1)} MB/s`);
       }
+      const gc = /^@@GUEST ([\w-]+) (\d+) (\d+),(\d+),(\d+) (\d+),(\d+),(\d+)/.exec(line);
+      if (gc) {
+        const s = samples.get(gc[1] ?? '')?.at(-1);
+        const [b0, i0, n0, b1, i1, n1] = gc.slice(3).map(Number) as [number, number, number, number, number, number];
+        if (s && b1 >= b0 && i1 >= i0 && b1 + i1 > b0 + i0) {
+          s.guestBusy = (b1 - b0) / (b1 - b0 + i1 - i0);
+          s.guestIrqs = n1 - n0;
+        }
+      }
       if (line.startsWith('@@FAIL')) log(line);
     };
     const g = await runGuest({
@@ -388,7 +416,7 @@ async function main(): Promise<void> {
       return xs.length ? median(xs.map((s) => s.bytes / s.seconds / 1e6)) : NaN;
     };
     const fmt = (n: number): string => (Number.isFinite(n) ? n.toFixed(1) : '-');
-    const header = ['exporter', 'MB/s', 'MiB/s', 'seconds', 'prism CPU s (server + vsock dev)', 'disk: sectors, max_sectors_kb / hw, speed'];
+    const header = ['exporter', 'MB/s', 'MiB/s', 'seconds', 'prism CPU s (server + vsock dev)', 'guest busy', 'guest irq/MiB', 'disk: sectors, max_sectors_kb / hw, speed'];
     const rows: string[][] = ROWS.map(({ id, label, prism }) => {
       const xs = okSamples(samples.get(id) ?? []);
       if (xs.length === 0) return [label, `not measured: ${fails.filter((f) => f.startsWith(`${id}:`)).join('; ') || 'no complete dd result (see the console log, --keep)'}`];
@@ -400,6 +428,8 @@ async function main(): Promise<void> {
         fmt(r / 1.048576),
         fmt(median(xs.map((s) => s.seconds))),
         prism ? `${median(xs.map((s) => s.cpuServer ?? NaN)).toFixed(2)} + ${median(xs.map((s) => s.cpuVsock ?? NaN)).toFixed(2)}` : '-',
+        `${fmt(100 * median(xs.map((s) => s.guestBusy ?? NaN)))} %`,
+        fmt(median(xs.map((s) => (s.guestIrqs ?? NaN) / mib))),
         disk ? `${disk[0]}: ${disk[1]}, ${disk[2]} / ${disk[3]}, ${disk[4] ?? '?'}` : '-',
       ];
     });
@@ -432,10 +462,14 @@ async function main(): Promise<void> {
       '',
       `- every row, in the guest: echo 3 > /proc/sys/vm/drop_caches; ${DD('/dev/sdX')}   (timed with /proc/uptime; MB = 10^6 bytes)`,
       `- A, A', C, C' host: prism vsock serve --socket VU --cid ${GUEST_CID} --uds UDS; prism ${serveArgs.join(' ').replaceAll(image, 'IMG').replaceAll(uds, 'UDS')}  (IMG: ${mib} MiB of zeros)`,
-      ...Object.entries(SOCAT).map(([id]) => `- ${ROWS.find((r) => r.id === id)?.label.split(' ')[0] ?? id} guest: ${SOCAT[id as keyof typeof SOCAT].command} &`),
+      ...Object.entries(SOCAT).flatMap(([id, bridge]) => {
+        const row = ROWS.find((r) => r.id === id);
+        return row ? [`- ${row.label.split(' ')[0]} guest: ${bridge.command} &`] : [];
+      }),
       ...ROWS.map((r) => `- ${r.label.split(' ')[0]} guest attach: ${r.attach.replace(/^hostnode /, 'prism ')}`),
       `- B, B' guest: rmmod dummy_hcd; modprobe dummy_hcd is_super_speed=1 num=2 (UDCs: ${field('B-UDCS') ?? '?'}); configfs gadgets 1d6b:0104 max_speed=high-speed and 1d6b:0105 max_speed=super-speed, mass_storage.0 lun.0 file=/tmp/gadget.img (${mib} MiB of zeros on tmpfs): ${gadgets.join('; ') || 'none'}; usbip bind -b BUSID; usbipd -4 -D -t ${KERNEL_PORT}`,
       '- prism CPU s: utime + stime (/proc/PID/stat) of the prism usbip server and of the vsock device process during the dd (median).',
+      '- guest busy: the guest vCPU\'s non-idle share during the dd (/proc/stat); guest irq/MiB: its interrupts (all of /proc/interrupts) per MiB read (medians).',
       ...fails.map((f) => `- guest error: ${f}`),
     ];
     process.stdout.write(`${out.join('\n')}\n`);

@@ -110,6 +110,8 @@ describe('vsock connection state machine', () => {
     fromGuest(c, { op: Op.CREDIT_UPDATE, bufAlloc: 10_000, fwdCnt: 6000 });
     assert.equal(drain(c).reduce((n, p) => n + p.payload.length, 0), 6000);
     assert.equal(c.counters.creditStalls, 2);
+    assert.equal(c.counters.creditUpdatesFromGuest, 1, 'the guest\'s CREDIT_UPDATE is counted');
+    assert.equal(c.guestBufAlloc, 10_000);
   });
 
   it('property: whatever the guest does with its buffer and reads, RW stays within credit and in order', () => {

@@ -93,6 +93,9 @@ export interface ConnectionCounters {
   creditRequestsSent: number;
   /** Times the guest had no credit left while host data waited. */
   creditStalls: number;
+  /** CREDIT_UPDATE packets from the guest: Linux sends one after its reader took 192 KiB since the last packet, and
+   *  (6.1 as Debian ships it) each time the reader empties its queue: about one per packet behind vhci-hcd (bench:usbip). */
+  creditUpdatesFromGuest: number;
 }
 
 const u32 = (n: number): number => n >>> 0;
@@ -133,7 +136,7 @@ export class VsockConnection {
 
   private why: { reason: CloseReason; detail: string; graceful: boolean } | null = null;
   readonly counters: ConnectionCounters = {
-    bytesFromGuest: 0, bytesToGuest: 0, packetsFromGuest: 0, packetsToGuest: 0, creditUpdatesSent: 0, creditRequestsSent: 0, creditStalls: 0,
+    bytesFromGuest: 0, bytesToGuest: 0, packetsFromGuest: 0, packetsToGuest: 0, creditUpdatesSent: 0, creditRequestsSent: 0, creditStalls: 0, creditUpdatesFromGuest: 0,
   };
 
   private constructor(addr: ConnectionAddress, state: ConnectionState, opts: ConnectionOptions) {
@@ -184,6 +187,11 @@ export class VsockConnection {
     return u32(this.rxCnt - this.fwdCnt);
   }
 
+  /** The guest's receive buffer for this connection (its buf_alloc), as it last told us. */
+  get guestBufAlloc(): number {
+    return this.peerBufAlloc;
+  }
+
   /** How many more bytes the guest can take now (its credit, as far as we know). */
   get peerCredit(): number {
     const inFlight = u32(this.txCnt - this.peerFwdCnt);
@@ -224,6 +232,7 @@ export class VsockConnection {
       case Op.SHUTDOWN:
         return this.guestShutdown(h.flags);
       case Op.CREDIT_UPDATE:
+        this.counters.creditUpdatesFromGuest++;
         return [];
       case Op.CREDIT_REQUEST:
         if (this.stateNow === 'established') this.creditUpdatePending = true;

@@ -717,7 +717,7 @@ export class VsockDevice implements VhostUserDevice {
     this.counters.connectionsClosed++;
     const why = c.sm.closeReason;
     this.log('info', 'vsock connection closed', {
-      conn: c.sm.toString(), initiator: c.initiator, reason: why?.reason, detail: why?.detail, ms: Date.now() - c.openedAt, ...c.sm.counters,
+      conn: c.sm.toString(), initiator: c.initiator, reason: why?.reason, detail: why?.detail, ms: Date.now() - c.openedAt, ...c.sm.counters, guestBufAlloc: c.sm.guestBufAlloc,
     });
   }
 
