@@ -128,12 +128,15 @@ interface Proc {
   logPath: string;
 }
 
+/** Extra node options for the host's prism processes, e.g. PRISM_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/p'. */
+const HOST_NODE_ARGS = (process.env['PRISM_BENCH_NODE_ARGS'] ?? '').split(' ').filter((w) => w !== '');
+
 function startPrism(name: string, args: string[], work: string): Proc {
   const logPath = path.join(work, `${name}.log`);
   const logFd = fs.openSync(logPath, 'w');
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'src/cli/main.ts'), ...args], { cwd: REPO, stdio: ['ignore', 'ignore', logFd], env: { ...process.env, PRISM_LOG_LEVEL: 'info' } });
+    child = spawn(process.execPath, [...HOST_NODE_ARGS, '--import', 'tsx', path.join(REPO, 'src/cli/main.ts'), ...args], { cwd: REPO, stdio: ['ignore', 'ignore', logFd], env: { ...process.env, PRISM_LOG_LEVEL: 'info' } });
   } finally {
     fs.closeSync(logFd);
   }
