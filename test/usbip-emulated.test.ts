@@ -4,10 +4,11 @@
 // device over Bulk-Only Transport as Linux's usb-storage drives it (CBW, data, CSW; clear a stalled
 // endpoint and read the CSW again) on a temp image: INQUIRY, READ CAPACITY, a READ/WRITE round
 // trip compared by sha256, :ro refusing writes with DATA PROTECT, invalid CBWs and Reset Recovery,
-// the BOT thirteen-case disagreements, Get Max LUN; the keyboard typing "Hi!\n" and a pending
-// interrupt URB ended by its signal; the CDB and CBW parsers on golden vectors and under fast-check
-// (only their own errors), and a hostile host's random URB stream leaving the storage device
-// serving.
+// the BOT thirteen-case disagreements, Get Max LUN; the SuperSpeed variant (:ss: a USB 3.0 device
+// descriptor, endpoint companions, BOS, SET_SEL and SET_ISOCH_DELAY, 1 MiB commands); the keyboard
+// typing "Hi!\n" and a pending interrupt URB ended by its signal; the CDB and CBW parsers on golden
+// vectors and under fast-check (only their own errors), and a hostile host's random URB stream
+// leaving the storage device serving.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
