@@ -29,8 +29,31 @@
 // server and of the vsock device during the dd, and every row the disk's max_sectors_kb and
 // max_hw_sectors_kb (the most one SCSI command moves).
 //
-//   node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--keep]
+// The guest's CPU share and interrupts during each dd are reported too, and the vsock device logs
+// per connection what it sent and what the guest answered (packets, CREDIT_UPDATEs, credit stalls):
+// together they say whether a row waits on the host or on the guest.
+//
+// Where the time goes (2026-11-25, shared 2-CPU host, TCG): in the guest. Every byte crosses the
+// guest kernel once more than on real hardware: prism's over virtio-vsock, whose Linux 6.1 driver
+// receives in 4 KiB buffers (≈ 20 000 packets per 64 MiB) and, behind vhci-hcd's reader, answers
+// almost every packet with a CREDIT_UPDATE (it sends one whenever the reader empties its queue);
+// the kernel's over loopback TCP. The kernel rows keep the guest 94-97 % busy at 14-15 MB/s; prism
+// over vsock keeps it 80-84 % busy and the host's two prism processes use ≈ 0.4-0.5 CPU s each per
+// 64 MiB (a quarter of the vsock device's active time is the eventfd write of its interrupts). The
+// socat bridge of the tests (A) costs 8x: Nagle on its TCP side delays each URB's reply; even tuned
+// (A') it copies every byte twice more in the guest. SuperSpeed (C') lets usb-storage send 1 MiB
+// per SCSI command instead of 120 KiB (max_sectors_kb 1024), a ninth of the URB round trips, and
+// the guest answers with half the CREDIT_UPDATEs; its 1 MiB replies exceed the guest socket's
+// 256 KiB vsock buffer, so the device waits for credit about once per command (importing with a
+// larger SO_VM_SOCKETS_BUFFER_SIZE would lift that). UAS (several commands in flight) was not tried.
+//
+// Last run (`npm run bench:usbip`, 64 MiB, median of 3, one boot, host shared with other guests):
+//   A 1.9, A' 9.8, C 14.9, C' 18.9 MB/s; B 13.6, B' 14.9 MB/s. Before this bench had rows C and C'
+//   (and before :ss existed) the best prism row was A', 7.3-10.4 MB/s in earlier runs.
+//
+//   node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--rows ID,...] [--keep]
 //   npm run bench:usbip -- [options]
+//   PRISM_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=DIR' adds node options to the host's prism processes.
 //
 // Needs the guest lab (`bash lab/setup.sh`) and the host's /usr/sbin/usbipd (Debian usbip).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
