@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { VsockServer } from '../src/vsock/server.js';
-import { REPO_ROOT, guestTail, requireLab, runGuest, runHostNode, type GuestResult } from './helpers/lab.js';
+import { REPO_ROOT, guestTail, makeExt4Image, requireLab, runGuest, runHostNode, type GuestResult } from './helpers/lab.js';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -53,12 +53,7 @@ describe('prism usbip serve under the Linux usbip tool and vhci-hcd (lab guest, 
   before(async () => {
     requireLab();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-usbip-'));
-    const content = path.join(dir, 'content');
-    fs.mkdirSync(content);
-    fs.writeFileSync(path.join(content, 'hello.txt'), 'hello over usbip\n');
-    fs.writeFileSync(path.join(content, 'big.bin'), big);
-    image = path.join(dir, 'disk.img');
-    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, image, '32M']);
+    image = makeExt4Image(dir, 'disk.img', '32M', { 'hello.txt': 'hello over usbip\n', 'big.bin': big });
     const uds = path.join(dir, 'vsock.sock');
     device = new VsockServer({ socket: path.join(dir, 'vu.sock'), cid: 3, uds });
     await device.start();

@@ -7,13 +7,12 @@
 // unplugs the gadget under the importer: the URBs fail, the server logs it and stays up, and a
 // new device list still answers.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { guestTail, requireLab, runHostNode, type GuestResult } from './helpers/lab.js';
+import { guestTail, makeExt4Image, requireLab, runHostNode, type GuestResult } from './helpers/lab.js';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -48,13 +47,7 @@ describe('prism usbip serve --device host:1d6b:0104: a configfs gadget on dummy_
   before(async () => {
     requireLab();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-usbip-host-'));
-    const content = path.join(dir, 'content');
-    fs.mkdirSync(content);
-    fs.writeFileSync(path.join(content, 'hello.txt'), 'hello from a real usb device\n');
-    fs.writeFileSync(path.join(content, 'big.bin'), big);
-    const img = path.join(dir, 'gadget.img');
-    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, img, '8M']);
-    image = fs.readFileSync(img);
+    image = fs.readFileSync(makeExt4Image(dir, 'gadget.img', '8M', { 'hello.txt': 'hello from a real usb device\n', 'big.bin': big }));
     g = await runHostNode({
       args: ['--import', 'tsx', 'test/fixtures/usbip-host-guest.mts'],
       before: GADGET,

@@ -22,19 +22,12 @@ import {
   LibusbError, LibusbTransferStatus, classifyControl, parseHostSpec, speedOfDescriptor, speedOfSysfs, urbStatusOfLibusbError, urbStatusOfTransfer,
 } from '../src/usbip/host/rules.js';
 import type { LogFn } from '../src/usbip/server.js';
+import { setupPacket } from '../src/usbip/emulated/ch9.js';
 
 const E = { ENOENT: -2, EIO: -5, ENODEV: -19, EINVAL: -22, EPIPE: -32, EPROTO: -71, EOVERFLOW: -75, ECONNRESET: -104, ESHUTDOWN: -108, ETIMEDOUT: -110, EREMOTEIO: -121, EBUSY: -16 };
 const LOCATION = { busid: '1-1', busnum: 1, devnum: 2 };
 
-function setup(bmRequestType: number, bRequest: number, wValue: number, wIndex: number, wLength: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeUInt8(bmRequestType, 0);
-  b.writeUInt8(bRequest, 1);
-  b.writeUInt16LE(wValue, 2);
-  b.writeUInt16LE(wIndex, 4);
-  b.writeUInt16LE(wLength, 6);
-  return b;
-}
+const setup = setupPacket;
 
 let seq = 0;
 function urb(u: Partial<Urb> & Pick<Urb, 'direction' | 'endpoint'>): Urb {

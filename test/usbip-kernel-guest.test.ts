@@ -23,7 +23,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { dial } from '../src/transport/index.js';
 import { VsockServer } from '../src/vsock/server.js';
-import { guestTail, requireLab, runHostNode, type GuestResult } from './helpers/lab.js';
+import { guestTail, makeExt4Image, requireLab, runHostNode, type GuestResult } from './helpers/lab.js';
 
 const GUEST_TIMEOUT_MS = 420_000;
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -118,12 +118,7 @@ describe('kernel:BUSID: a USB VM exports a real (gadget) device through usbip-ho
   before(async () => {
     requireLab();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-usbip-kernel-'));
-    const content = path.join(dir, 'content');
-    fs.mkdirSync(content);
-    fs.writeFileSync(path.join(content, 'hello.txt'), 'hello from the USB VM\n');
-    fs.writeFileSync(path.join(content, 'big.bin'), big);
-    image = path.join(dir, 'disk.img');
-    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, image, '32M']);
+    image = makeExt4Image(dir, 'disk.img', '32M', { 'hello.txt': 'hello from the USB VM\n', 'big.bin': big });
     usbVmDevice = new VsockServer({ socket: path.join(dir, 'usb-vm.sock'), cid: 3, uds: path.join(dir, 'usb-vm.vsock') });
     appVmDevice = new VsockServer({
       socket: path.join(dir, 'app-vm.sock'),

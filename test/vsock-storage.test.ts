@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { dial } from '../src/transport/index.js';
 import { VsockServer } from '../src/vsock/server.js';
-import { guestTail, requireLab, runHostNode, type GuestResult } from './helpers/lab.js';
+import { guestTail, makeExt4Image, requireLab, runHostNode, type GuestResult } from './helpers/lab.js';
 
 const TIMEOUT_MS = 300_000;
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -52,12 +52,7 @@ describe('storage VM: an ext4 disk served as 9P over vsock to another VM through
   before(async () => {
     requireLab();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-storage-'));
-    const content = path.join(dir, 'content');
-    fs.mkdirSync(content);
-    fs.writeFileSync(path.join(content, 'hello.txt'), 'hello from the storage VM\n');
-    fs.writeFileSync(path.join(content, 'big.bin'), big);
-    image = path.join(dir, 'disk.img');
-    execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, image, '64M']);
+    image = makeExt4Image(dir, 'disk.img', '64M', { 'hello.txt': 'hello from the storage VM\n', 'big.bin': big });
     storage = new VsockServer({ socket: path.join(dir, 'storage.sock'), cid: 3, uds: path.join(dir, 'storage.vsock') });
     app = new VsockServer({
       socket: path.join(dir, 'app.sock'),

@@ -1,6 +1,9 @@
 // The one entry point tests use for the guest lab (lab/guest.ts). Tests that need a guest call
 // requireLab() first: without the lab they fail with the set-up instructions, they never skip.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { labPaths, runGuest, type GuestOptions, type GuestResult, type LabPaths } from '../../lab/guest.js';
 
@@ -99,4 +102,17 @@ exit $rc`;
     script,
     extraArgs: [...(guest.extraArgs ?? []), '-virtfs', `local,path=/,mount_tag=${tag},security_model=none,readonly=on,multidevs=remap`],
   });
+}
+
+/**
+ * Makes `dir`/`name`, an ext4 image of `size` (mkfs.ext4 syntax, e.g. '32M') holding `files`
+ * (name → content) at its root, for tests that give a guest a disk; returns its path.
+ */
+export function makeExt4Image(dir: string, name: string, size: string, files: Readonly<Record<string, string | Uint8Array>>): string {
+  const content = mkdtempSync(join(dir, 'content-'));
+  for (const [file, data] of Object.entries(files)) writeFileSync(join(content, file), data);
+  const image = join(dir, name);
+  execFileSync('mkfs.ext4', ['-q', '-F', '-d', content, image, size]);
+  rmSync(content, { recursive: true, force: true });
+  return image;
 }
