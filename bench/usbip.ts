@@ -3,7 +3,7 @@
 // same dd. Rows:
 //
 //   A   prism, the test's bridge: on the host `prism usbip serve --listen unix:UDS_3240 --device
-//       emulated:storage:IMG --device emulated:storage:IMG:ss --allow busid=1-1 --allow busid=1-2`
+//       emulated:storage:IMG:hs --device emulated:storage:IMG:ss --allow busid=1-1 --allow busid=1-2`
 //       behind a prism vsock device (`prism vsock serve`, guest CID 3); in the guest socat turns TCP
 //       127.0.0.1:PORT into VSOCK-CONNECT:2:3240 and the Linux `usbip attach` imports 1-1 (high
 //       speed), exactly as test/usbip-guest.test.ts does;
@@ -377,7 +377,7 @@ async function main(): Promise<void> {
     const vu = path.join(work, 'vu.sock');
     const vsock = startPrism('vsock', ['vsock', 'serve', '--socket', vu, '--cid', String(GUEST_CID), '--uds', uds], work);
     procs.push(vsock);
-    const serveArgs = ['usbip', 'serve', '--listen', `unix:${uds}_${PORT}`, '--device', `emulated:storage:${image}`, '--device', `emulated:storage:${image}:ss`, '--allow', `busid=${BUSID.hs}`, '--allow', `busid=${BUSID.ss}`];
+    const serveArgs = ['usbip', 'serve', '--listen', `unix:${uds}_${PORT}`, '--device', `emulated:storage:${image}:hs`, '--device', `emulated:storage:${image}:ss`, '--allow', `busid=${BUSID.hs}`, '--allow', `busid=${BUSID.ss}`];
     const server = startPrism('usbip', serveArgs, work);
     procs.push(server);
     await waitForLog(vsock, 'vsock device ready');

@@ -880,14 +880,14 @@ describe('emulated keyboard', () => {
 
 describe('createEmulated', () => {
   it('parses specs', () => {
-    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img'), { kind: 'storage', image: '/a/b.img', readOnly: false, speed: 3 });
-    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:ro'), { kind: 'storage', image: '/a/b.img', readOnly: true, speed: 3 });
-    assert.deepEqual(parseEmulatedSpec('emulated:storage:c:d.img:rw'), { kind: 'storage', image: 'c:d.img', readOnly: false, speed: 3 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img'), { kind: 'storage', image: '/a/b.img', readOnly: false, speed: 5 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:ro'), { kind: 'storage', image: '/a/b.img', readOnly: true, speed: 5 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:c:d.img:rw'), { kind: 'storage', image: 'c:d.img', readOnly: false, speed: 5 });
     assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:ss'), { kind: 'storage', image: '/a/b.img', readOnly: false, speed: 5 });
     assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:ro:ss'), { kind: 'storage', image: '/a/b.img', readOnly: true, speed: 5 });
     assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/b.img:hs'), { kind: 'storage', image: '/a/b.img', readOnly: false, speed: 3 });
     assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/x:ss:rw:hs'), { kind: 'storage', image: '/a/x:ss', readOnly: false, speed: 3 }, 'explicit options keep a path that ends like one');
-    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/x:ro:rw'), { kind: 'storage', image: '/a/x:ro', readOnly: false, speed: 3 });
+    assert.deepEqual(parseEmulatedSpec('emulated:storage:/a/x:ro:rw'), { kind: 'storage', image: '/a/x:ro', readOnly: false, speed: 5 });
     assert.deepEqual(parseEmulatedSpec('emulated:keyboard'), { kind: 'keyboard', text: '' });
     assert.deepEqual(parseEmulatedSpec('emulated:keyboard:a:b\\n\\t\\\\\\:'), { kind: 'keyboard', text: 'a:b\n\t\\:' });
   });

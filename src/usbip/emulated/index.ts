@@ -1,8 +1,9 @@
 // The `emulated:` device sources of `prism usbip serve --device SPEC`:
 //   emulated:storage:IMAGE[:ro|:rw][:hs|:ss]
 //                                 USB mass storage (Bulk-Only, SCSI) on an image file, read-only with :ro;
-//                                 high speed (:hs, the default) or SuperSpeed (:ss: 1 MiB per SCSI
-//                                 command instead of 120 KiB in Linux, several times the throughput)
+//                                 SuperSpeed (:ss, the default: Linux moves 1 MiB per SCSI command
+//                                 instead of 120 KiB) or high speed (:hs, for importers whose vhci
+//                                 has no SuperSpeed ports)
 //   emulated:keyboard[:TEXT]      HID boot keyboard; TEXT (escapes \n \r \t \b \e \\ \:) is typed when the host first polls
 // IMAGE is everything between "emulated:storage:" and the optional final ":hs"/":ss" and, before
 // it, ":ro"/":rw" (so a path may hold colons, but one ending in one of those four needs explicit
@@ -50,12 +51,14 @@ export function parseEmulatedSpec(spec: string): EmulatedSpec {
       if (rest === undefined || rest === '') throw new EmulatedSpecError(spec, 'syntax', `no image file (${USAGE})`);
       let image = rest;
       let readOnly = false;
-      let speed: StorageSpeed = UsbSpeed.HIGH;
+      // SuperSpeed by default: usb-storage then moves 1 MiB per command instead of 120 KiB, so
+      // about 8.5 times fewer URB round trips per byte over USB/IP (bench:usbip: 18.9 vs 14.9 MB/s).
+      let speed: StorageSpeed = UsbSpeed.SUPER;
       if (image.endsWith(':ss')) {
         image = image.slice(0, -3);
-        speed = UsbSpeed.SUPER;
       } else if (image.endsWith(':hs')) {
         image = image.slice(0, -3);
+        speed = UsbSpeed.HIGH;
       }
       if (image.endsWith(':ro')) {
         image = image.slice(0, -3);
