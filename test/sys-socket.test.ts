@@ -197,6 +197,42 @@ describe('AF_VSOCK sockets', () => {
     listener.close();
   });
 
+  it('setVsockBufferSize raises the buffer and its maximum; the kernel clamps SIZE to MAX', () => {
+    // connect needs a vsock transport this host lacks; a listening socket takes the options all the same.
+    const listener = sys.listenVsock(K.VMADDR_CID_ANY, K.VMADDR_PORT_ANY);
+    const fd = listener.fd;
+    const { BUFFER_SIZE, BUFFER_MAX_SIZE } = sys.VSOCK_OPT;
+    assert.equal(sys.getsockoptU64(fd, K.AF_VSOCK, BUFFER_SIZE), 256n * 1024n, 'the default is 256 KiB');
+    assert.equal(sys.setVsockBufferSize(fd, 2 * 1024 * 1024), 2n * 1024n * 1024n);
+    assert.equal(sys.getsockoptU64(fd, K.AF_VSOCK, BUFFER_MAX_SIZE), 2n * 1024n * 1024n);
+    assert.equal(sys.setVsockBufferSize(fd, 64n * 1024n), 64n * 1024n, 'smaller again: MAX stays, SIZE follows');
+    sys.setsockoptU64(fd, K.AF_VSOCK, BUFFER_SIZE, 8n * 1024n * 1024n);
+    assert.equal(sys.getsockoptU64(fd, K.AF_VSOCK, BUFFER_SIZE), 2n * 1024n * 1024n, 'clamped to MAX');
+    listener.close();
+  });
+
+  it('setsockopt/getsockopt report errno (EBADF, ENOPROTOOPT) and check arguments before any syscall', () => {
+    const closed = fs.openSync('/dev/null', 'r');
+    fs.closeSync(closed);
+    const ebadf = (e: unknown): boolean => e instanceof sys.SysError && e.code === 'EBADF' && e.syscall !== undefined;
+    assert.throws(() => sys.setsockoptU64(closed, K.AF_VSOCK, sys.VSOCK_OPT.BUFFER_SIZE, 1n << 20n), ebadf);
+    assert.throws(() => sys.getsockoptU64(closed, K.AF_VSOCK, sys.VSOCK_OPT.BUFFER_SIZE), ebadf);
+    assert.throws(() => sys.setsockoptInt(closed, K.SOL_SOCKET, 8 /* SO_RCVBUF */, 1 << 20), ebadf);
+    assert.throws(() => sys.setVsockBufferSize(closed, 1 << 20), ebadf);
+    const [a, b] = sys.unixSocketPair();
+    sys.setsockoptInt(a.fd, K.SOL_SOCKET, 7 /* SO_SNDBUF */, 1 << 20);
+    assert.throws(() => sys.setsockoptInt(a.fd, K.SOL_SOCKET, 9999, 1), (e: unknown) => e instanceof sys.SysError && e.code === 'ENOPROTOOPT');
+    assert.throws(() => sys.setVsockBufferSize(a.fd, 1 << 20), (e: unknown) => e instanceof sys.SysError, 'a unix socket has no AF_VSOCK level');
+    assert.throws(() => sys.setsockoptU64(a.fd, K.AF_VSOCK, 0, -1n), RangeError);
+    assert.throws(() => sys.setsockoptU64(a.fd, K.AF_VSOCK, 0, 1n << 64n), RangeError);
+    assert.throws(() => sys.setsockoptU64(a.fd, K.AF_VSOCK, 0, 1.5), TypeError);
+    assert.throws(() => sys.setsockoptInt(a.fd, K.SOL_SOCKET, 8, 2 ** 31), RangeError);
+    assert.throws(() => sys.setsockoptInt(-1, K.SOL_SOCKET, 8, 1), RangeError);
+    assert.throws(() => sys.getsockoptU64(a.fd, -1, 0), RangeError);
+    a.destroy();
+    b.destroy();
+  });
+
   it('refuses CIDs and ports outside 32 bits before any syscall', async () => {
     assert.throws(() => sys.listenVsock(-1, 1), RangeError);
     await assert.rejects(sys.connectVsock(3, 2 ** 32), RangeError);

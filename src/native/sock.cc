@@ -144,6 +144,36 @@ Napi::Value GetsockoptInt(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), v);
 }
 
+// setsockopt/getsockopt at any level with an int or a u64 value (SO_RCVBUF is an int;
+// AF_VSOCK's SO_VM_SOCKETS_BUFFER_* are u64). TS validates the arguments; these checks only keep a
+// wrong call from passing garbage to the kernel: a value that does not fit is EINVAL, not truncated.
+Napi::Value SetsockoptInt(const Napi::CallbackInfo& info) {
+  if (info.Length() < 4 || !info[3].IsNumber()) ThrowErrno(info.Env(), EINVAL, "setsockopt");
+  double d = info[3].As<Napi::Number>().DoubleValue();
+  if (!(d >= INT32_MIN && d <= INT32_MAX) || d != static_cast<double>(static_cast<int>(d))) ThrowErrno(info.Env(), EINVAL, "setsockopt");
+  int v = static_cast<int>(d);
+  if (setsockopt(ArgInt(info, 0), ArgInt(info, 1), ArgInt(info, 2), &v, sizeof v) < 0) ThrowErrno(info.Env(), errno, "setsockopt");
+  return info.Env().Undefined();
+}
+
+Napi::Value SetsockoptU64(const Napi::CallbackInfo& info) {
+  if (info.Length() < 4 || !info[3].IsBigInt()) ThrowErrno(info.Env(), EINVAL, "setsockopt");
+  bool lossless = false;
+  uint64_t v = info[3].As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) ThrowErrno(info.Env(), EINVAL, "setsockopt");
+  if (setsockopt(ArgInt(info, 0), ArgInt(info, 1), ArgInt(info, 2), &v, sizeof v) < 0) ThrowErrno(info.Env(), errno, "setsockopt");
+  return info.Env().Undefined();
+}
+
+// A u64-valued option; EINVAL if the kernel's value is not 8 bytes long.
+Napi::Value GetsockoptU64(const Napi::CallbackInfo& info) {
+  uint64_t v = 0;
+  socklen_t len = sizeof v;
+  if (getsockopt(ArgInt(info, 0), ArgInt(info, 1), ArgInt(info, 2), &v, &len) < 0) ThrowErrno(info.Env(), errno, "getsockopt");
+  if (len != sizeof v) ThrowErrno(info.Env(), EINVAL, "getsockopt");
+  return Napi::BigInt::New(info.Env(), v);
+}
+
 // recvmsg into buf[offset, offset+length) and up to maxFds passed fds.
 // Returns null on would-block, else {bytes, fds, truncated} (bytes 0 = EOF).
 Napi::Value Recvmsg(const Napi::CallbackInfo& info) {
@@ -358,6 +388,9 @@ void InitSock(Napi::Env env, Napi::Object exports) {
   exports.Set("getsockname", Napi::Function::New(env, Getsockname));
   exports.Set("getpeername", Napi::Function::New(env, Getpeername));
   exports.Set("getsockoptInt", Napi::Function::New(env, GetsockoptInt));
+  exports.Set("setsockoptInt", Napi::Function::New(env, SetsockoptInt));
+  exports.Set("setsockoptU64", Napi::Function::New(env, SetsockoptU64));
+  exports.Set("getsockoptU64", Napi::Function::New(env, GetsockoptU64));
   exports.Set("recvmsg", Napi::Function::New(env, Recvmsg));
   exports.Set("sendmsg", Napi::Function::New(env, Sendmsg));
   exports.Set("vsockLocalCid", Napi::Function::New(env, VsockLocalCid));

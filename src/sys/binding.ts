@@ -181,6 +181,9 @@ export interface NativeBinding {
   getsockname(fd: number): NativeSockAddr;
   getpeername(fd: number): NativeSockAddr;
   getsockoptInt(fd: number, option: number): number;
+  setsockoptInt(fd: number, level: number, option: number, value: number): void;
+  setsockoptU64(fd: number, level: number, option: number, value: bigint): void;
+  getsockoptU64(fd: number, level: number, option: number): bigint;
   recvmsg(fd: number, buf: Buffer, offset: number, length: number, maxFds: number): NativeRecv | null;
   sendmsg(fd: number, buf: Buffer, offset: number, length: number, fds: number[]): number | null;
   setNonblock(fd: number): void;

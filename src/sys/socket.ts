@@ -418,3 +418,51 @@ export function adoptListener(fd: number): FdListener {
 export function vsockLocalCid(): number {
   return sync(() => native.vsockLocalCid(), '/dev/vsock');
 }
+
+/** AF_VSOCK's own socket options (level AF_VSOCK, u64 values; include/uapi/linux/vm_sockets.h). */
+export const VSOCK_OPT = { BUFFER_SIZE: 0, BUFFER_MIN_SIZE: 1, BUFFER_MAX_SIZE: 2 } as const;
+
+const INT32_MIN = -0x8000_0000;
+const INT32_MAX = 0x7fff_ffff;
+
+/** setsockopt(fd, level, option) with an int value (SO_RCVBUF, SO_SNDBUF, TCP_NODELAY...). */
+export function setsockoptInt(fd: number, level: number, option: number, value: number): void {
+  const f = v.fd(fd);
+  const l = v.int(level, 'level', 0, INT32_MAX);
+  const o = v.int(option, 'option', 0, INT32_MAX);
+  const val = v.int(value, 'value', INT32_MIN, INT32_MAX);
+  sync(() => native.setsockoptInt(f, l, o, val), `fd:${f}`);
+}
+
+/** setsockopt(fd, level, option) with a u64 value (AF_VSOCK's SO_VM_SOCKETS_BUFFER_*). */
+export function setsockoptU64(fd: number, level: number, option: number, value: bigint | number): void {
+  const f = v.fd(fd);
+  const l = v.int(level, 'level', 0, INT32_MAX);
+  const o = v.int(option, 'option', 0, INT32_MAX);
+  const val = v.bigU64(value, 'value');
+  sync(() => native.setsockoptU64(f, l, o, val), `fd:${f}`);
+}
+
+/** getsockopt(fd, level, option) of a u64 value; EINVAL if the option is not 8 bytes long. */
+export function getsockoptU64(fd: number, level: number, option: number): bigint {
+  const f = v.fd(fd);
+  const l = v.int(level, 'level', 0, INT32_MAX);
+  const o = v.int(option, 'option', 0, INT32_MAX);
+  return sync(() => native.getsockoptU64(f, l, o), `fd:${f}`);
+}
+
+/**
+ * Sets an AF_VSOCK socket's buffer, the receive space it advertises to its peer (buf_alloc on
+ * virtio-vsock; 256 KiB by default, which is also the default maximum). Raises
+ * SO_VM_SOCKETS_BUFFER_MAX_SIZE first (the kernel clamps SIZE to [MIN, MAX]), then sets
+ * SO_VM_SOCKETS_BUFFER_SIZE; on a connected virtio socket the kernel sends the peer a credit update.
+ * Returns the size now in effect (the kernel's or the transport's clamp may make it smaller).
+ */
+export function setVsockBufferSize(fd: number, bytes: bigint | number): bigint {
+  const f = v.fd(fd);
+  const size = v.bigU64(bytes, 'bytes');
+  const max = getsockoptU64(f, C.AF_VSOCK, VSOCK_OPT.BUFFER_MAX_SIZE);
+  if (size > max) setsockoptU64(f, C.AF_VSOCK, VSOCK_OPT.BUFFER_MAX_SIZE, size);
+  setsockoptU64(f, C.AF_VSOCK, VSOCK_OPT.BUFFER_SIZE, size);
+  return getsockoptU64(f, C.AF_VSOCK, VSOCK_OPT.BUFFER_SIZE);
+}
