@@ -104,16 +104,19 @@ const { values: opt } = parseArgs({
     reps: { type: 'string' },
     keep: { type: 'boolean', default: false },
     rows: { type: 'string' },
+    'vsock-buffer': { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
 if (opt.help) {
   process.stdout.write(
-    'usage: node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--rows ID,...] [--keep]\n' +
+    'usage: node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--rows ID,...] [--vsock-buffer B,...] [--keep]\n' +
       '  --quick     16 MiB image and dd, 1 repetition (smoke test)\n' +
       '  --mib N     image size and dd count in MiB (default 64)\n' +
       '  --reps N    dd repetitions per exporter (median reported; default 3, quick 1)\n' +
       `  --rows IDS  only these rows (comma-separated; default all: ${ALL_ROWS.map((r) => r.id).join(',')})\n` +
+      '  --vsock-buffer B,...  run each C/C\' row once per value of `prism usbip attach --vsock-buffer B`\n' +
+      '              (0 = the socket\'s default 256 KiB, e.g. 0,2M,4M), interleaved; rows are named ID@B\n' +
       '  --keep      keep the work directory (logs, image, guest console)\n',
   );
   process.exit(0);
@@ -126,7 +129,15 @@ const ROWS = ((): RowDef[] => {
   const ids = opt.rows.split(',').map((w) => w.trim());
   for (const id of ids) if (!ALL_ROWS.some((r) => r.id === id)) throw new Error(`--rows: no row ${id} (rows: ${ALL_ROWS.map((r) => r.id).join(', ')})`);
   return ALL_ROWS.filter((r) => ids.includes(r.id));
-})();
+})().flatMap((r): RowDef[] => {
+  // --vsock-buffer: the guest-side `prism usbip attach` rows once per buffer size.
+  if (opt['vsock-buffer'] === undefined || !r.attach.startsWith('hostnode usbip attach ')) return [r];
+  return opt['vsock-buffer'].split(',').map((w) => w.trim()).map((b) => {
+    if (!/^[0-9]+[KMkm]?$/.test(b)) throw new Error(`--vsock-buffer: ${b} is not a size (N, NK or NM)`);
+    const [short, ...rest] = r.label.split(' ');
+    return { ...r, id: `${r.id}@${b}`, label: [`${short}@${b}`, ...rest].join(' '), attach: r.attach.replace('hostnode usbip attach ', `hostnode usbip attach --vsock-buffer ${b} `) };
+  });
+});
 const ROW_IDS = ROWS.map((r) => r.id);
 const reps = opt.reps !== undefined ? Number(opt.reps) : quick ? 1 : 3;
 if (!Number.isInteger(reps) || reps < 1 || reps > 20) throw new Error(`--reps must be 1..20, got ${opt.reps}`);
@@ -390,9 +401,9 @@ async function main(): Promise<void> {
     let pending = '';
     const isPrism = (w: string): boolean => ROWS.some((r) => r.id === w && r.prism);
     const onLine = (line: string): void => {
-      const b = /^@@BEGIN ([\w-]+) (\d+)/.exec(line);
+      const b = /^@@BEGIN ([\w@-]+) (\d+)/.exec(line);
       if (b?.[1] !== undefined && isPrism(b[1])) cpu0 = { server: cpuSeconds(server.pid), vsock: cpuSeconds(vsock.pid) };
-      const e = /^@@END ([\w-]+) (\d+) ([\d.]+) ([\d.]+) (\d*)/.exec(line);
+      const e = /^@@END ([\w@-]+) (\d+) ([\d.]+) ([\d.]+) (\d*)/.exec(line);
       if (e) {
         const who = e[1] ?? '';
         const s: Sample = { seconds: Number(e[4]) - Number(e[3]), bytes: Number(e[5] || 0) * MiB }; // whole 1 MiB records read
@@ -403,7 +414,7 @@ async function main(): Promise<void> {
         samples.get(who)?.push(s);
         log(`${who} #${e[2]}: ${s.bytes} bytes in ${s.seconds.toFixed(2)} s = ${(s.bytes / s.seconds / 1e6).toFixed(1)} MB/s`);
       }
-      const gc = /^@@GUEST ([\w-]+) (\d+) (\d+),(\d+),(\d+) (\d+),(\d+),(\d+)/.exec(line);
+      const gc = /^@@GUEST ([\w@-]+) (\d+) (\d+),(\d+),(\d+) (\d+),(\d+),(\d+)/.exec(line);
       if (gc) {
         const s = samples.get(gc[1] ?? '')?.at(-1);
         const [b0, i0, n0, b1, i1, n1] = gc.slice(3).map(Number) as [number, number, number, number, number, number];

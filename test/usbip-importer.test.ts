@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { OpStatus, RequestReader, encode, type DeviceRecord } from '../src/codecs/usbip/index.js';
 import { listen, type Listener } from '../src/transport/index.js';
-import { attachDevice, listDevices } from '../src/usbip/importer.js';
+import * as sys from '../src/sys/index.js';
+import { attachDevice, listDevices, tuneVsockBuffer } from '../src/usbip/importer.js';
 import { Vhci } from '../src/usbip/vhci.js';
 
 const DEVICE: DeviceRecord = {
@@ -71,6 +72,29 @@ describe('usbip importer', () => {
     assert.equal(devid, (1 << 16) | 2);
     assert.equal(speed, 3);
     assert.ok(seen.includes('OP_REQ_IMPORT 1-1'));
+    assert.equal(r.vsockBuffer, null, 'a unix connection keeps its buffers');
+  });
+
+  it('tuneVsockBuffer sizes an AF_VSOCK socket, leaves others alone and only warns on failure', () => {
+    const warnings: string[] = [];
+    const warn = (m: string): void => void warnings.push(m);
+    // A listening vsock socket stands in for the connected one (this host cannot connect vsock).
+    const listener = sys.listenVsock(sys.constants.VMADDR_CID_ANY, sys.constants.VMADDR_PORT_ANY);
+    assert.equal(tuneVsockBuffer(listener.fd, 4 * 1024 * 1024, warn), 4 * 1024 * 1024);
+    assert.equal(sys.getsockoptU64(listener.fd, sys.constants.AF_VSOCK, sys.VSOCK_OPT.BUFFER_SIZE), 4n * 1024n * 1024n);
+    assert.equal(tuneVsockBuffer(listener.fd, 0, warn), null, '0 leaves the socket alone');
+    assert.equal(sys.getsockoptU64(listener.fd, sys.constants.AF_VSOCK, sys.VSOCK_OPT.BUFFER_SIZE), 4n * 1024n * 1024n);
+    listener.close();
+    const [a, b] = sys.unixSocketPair();
+    assert.equal(tuneVsockBuffer(a.fd, 2 * 1024 * 1024, warn), null, 'not vsock: untouched');
+    a.destroy();
+    b.destroy();
+    assert.deepEqual(warnings, []);
+    const closed = fs.openSync('/dev/null', 'r');
+    fs.closeSync(closed);
+    assert.equal(tuneVsockBuffer(closed, 2 * 1024 * 1024, warn), null, 'a failure is not thrown');
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0] ?? '', /could not set the vsock buffer .*EBADF/);
   });
 
   it('explains a refused import and writes nothing to vhci', async () => {

@@ -3,7 +3,7 @@
 // unix, tcp) because vhci takes the connected socket's fd, not a host name.
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
-import { attachDevice, listDevices } from '../usbip/importer.js';
+import { DEFAULT_VSOCK_BUFFER, VSOCK_BUFFER_MAX, VSOCK_BUFFER_MIN, attachDevice, listDevices } from '../usbip/importer.js';
 import { VdevStatus, Vhci } from '../usbip/vhci.js';
 import { createLogger } from './log.js';
 
@@ -12,6 +12,15 @@ const hex4 = (n: number): string => n.toString(16).padStart(4, '0');
 function portArg(v: string): number {
   const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
   if (!Number.isSafeInteger(n) || n > 65535) throw new InvalidArgumentError('must be a vhci port number (see `prism usbip ports`)');
+  return n;
+}
+
+function vsockBufferArg(v: string): number {
+  const m = /^([0-9]+)([KM]?)$/i.exec(v.trim());
+  const n = m ? Number(m[1]) * ({ '': 1, K: 1024, M: 1024 * 1024 } as Record<string, number>)[(m[2] ?? '').toUpperCase()]! : NaN;
+  if (!Number.isSafeInteger(n) || (n !== 0 && (n < VSOCK_BUFFER_MIN || n > VSOCK_BUFFER_MAX))) {
+    throw new InvalidArgumentError(`must be 0 (keep the default) or ${VSOCK_BUFFER_MIN / 1024}K..${VSOCK_BUFFER_MAX / (1024 * 1024)}M bytes (a K or M suffix is allowed)`);
+  }
   return n;
 }
 
@@ -28,10 +37,10 @@ async function list(addr: string, opts: { json?: boolean }): Promise<void> {
   }
 }
 
-async function attach(addr: string, busid: string): Promise<void> {
+async function attach(addr: string, busid: string, opts: { vsockBuffer: number }): Promise<void> {
   const log = createLogger();
-  const r = await attachDevice(addr, busid);
-  log.info({ from: addr, busid, port: r.port, device: `${hex4(r.device.idVendor)}:${hex4(r.device.idProduct)}` }, 'usbip device attached');
+  const r = await attachDevice(addr, busid, { vsockBuffer: opts.vsockBuffer, warn: (message) => log.warn({ from: addr, busid }, message) });
+  log.info({ from: addr, busid, port: r.port, device: `${hex4(r.device.idVendor)}:${hex4(r.device.idProduct)}`, vsockBuffer: r.vsockBuffer ?? undefined }, 'usbip device attached');
   process.stdout.write(`attached ${busid} from ${addr} on vhci port ${r.port}\n`);
 }
 
@@ -57,7 +66,15 @@ export function addImporterCommands(cmd: Command): void {
     .description('import BUSID from ADDR and attach it to the local vhci-hcd (needs root and the vhci-hcd module)')
     .argument('<addr>', 'server address')
     .argument('<busid>', 'the bus ID shown by `prism usbip list`')
-    .action((addr: string, busid: string) => attach(addr, busid));
+    .option(
+      '--vsock-buffer <bytes>',
+      'for a vsock ADDR: the socket\'s receive buffer (SO_VM_SOCKETS_BUFFER_SIZE) before vhci-hcd takes it; ' +
+        `Linux's 256K default stalls SuperSpeed storage once per 1 MiB command. ${VSOCK_BUFFER_MIN / 1024}K..${VSOCK_BUFFER_MAX / (1024 * 1024)}M, K/M suffix ok, 0 keeps the default; ` +
+        'a refusal is only a warning',
+      vsockBufferArg,
+      DEFAULT_VSOCK_BUFFER,
+    )
+    .action((addr: string, busid: string, opts: { vsockBuffer: number }) => attach(addr, busid, opts));
   cmd
     .command('detach')
     .description('detach the device on a vhci port')

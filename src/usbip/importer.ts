@@ -4,6 +4,7 @@
 // directly. Because vhci takes a socket fd, a vsock or Unix connection works as well as TCP.
 import type { Duplex } from 'node:stream';
 import { OpStatus, ReplyReader, encode, type DevlistEntry, type DeviceRecord, type UsbipReply } from '../codecs/usbip/index.js';
+import * as sys from '../sys/index.js';
 import { connectionFd, dial } from '../transport/index.js';
 import { Vhci, devidOf } from './vhci.js';
 
@@ -56,6 +57,41 @@ export interface ImporterOptions {
   timeoutMs?: number;
 }
 
+/**
+ * The vsock buffer an imported AF_VSOCK connection gets before vhci-hcd takes it: the receive
+ * credit the guest advertises (buf_alloc). Linux's default, 256 KiB, is less than one reply of a
+ * SuperSpeed mass-storage device (usb-storage moves up to 1 MiB per SCSI command), so the server
+ * stalls for credit once per command at 256 KiB. Measured with bench/usbip.ts (rows C, C').
+ */
+export const DEFAULT_VSOCK_BUFFER = 2 * 1024 * 1024;
+/** Limits of --vsock-buffer (0 leaves the socket's default alone). */
+export const VSOCK_BUFFER_MIN = 64 * 1024;
+export const VSOCK_BUFFER_MAX = 64 * 1024 * 1024;
+
+export interface AttachOptions extends ImporterOptions {
+  vhci?: Vhci;
+  /** Bytes for an AF_VSOCK connection's buffer (SO_VM_SOCKETS_BUFFER_SIZE); 0 leaves the default. */
+  vsockBuffer?: number;
+  /** Told when tuning the socket failed; the import goes on regardless. */
+  warn?: (message: string) => void;
+}
+
+/**
+ * Gives an AF_VSOCK socket a `bytes` buffer (raising its maximum first). Never throws: a socket of
+ * another kind is left alone (null), a refusal is reported through `warn` (null). Returns the size in
+ * effect, which the kernel or the transport may have clamped.
+ */
+export function tuneVsockBuffer(fd: number, bytes: number, warn: (message: string) => void = () => undefined): number | null {
+  if (bytes === 0) return null;
+  try {
+    if (sys.socketInfo(fd).domain !== 'vsock') return null;
+    return Number(sys.setVsockBufferSize(fd, bytes));
+  } catch (e) {
+    warn(`could not set the vsock buffer of fd ${fd} to ${bytes} bytes (the import goes on with the default): ${(e as Error).message}`);
+    return null;
+  }
+}
+
 /** OP_REQ_DEVLIST: what the server at `addr` lets this importer see. */
 export async function listDevices(addr: string, opts: ImporterOptions = {}): Promise<DevlistEntry[]> {
   const timeoutMs = opts.timeoutMs ?? 10_000;
@@ -73,6 +109,8 @@ export async function listDevices(addr: string, opts: ImporterOptions = {}): Pro
 export interface Attached {
   port: number;
   device: DeviceRecord;
+  /** The buffer an AF_VSOCK connection got (bytes in effect), null when untouched. */
+  vsockBuffer: number | null;
 }
 
 /**
@@ -80,7 +118,7 @@ export interface Attached {
  * speed. prism's copy of the socket is closed afterwards (the kernel holds its own reference); it
  * never reads past the reply, so no URB traffic is lost.
  */
-export async function attachDevice(addr: string, busid: string, opts: ImporterOptions & { vhci?: Vhci } = {}): Promise<Attached> {
+export async function attachDevice(addr: string, busid: string, opts: AttachOptions = {}): Promise<Attached> {
   const timeoutMs = opts.timeoutMs ?? 10_000;
   const vhci = opts.vhci ?? new Vhci();
   vhci.ports(); // fail early (module not loaded, not root) before asking the server for the device
@@ -95,8 +133,9 @@ export async function attachDevice(addr: string, busid: string, opts: ImporterOp
     if (reply.device.busid !== busid) throw new ImportError(`${what}: the server sent device ${reply.device.busid} instead`);
     const fd = connectionFd(stream);
     if (fd === null) throw new ImportError(`${what}: this connection has no kernel socket to give vhci-hcd`);
+    const vsockBuffer = tuneVsockBuffer(fd, opts.vsockBuffer ?? DEFAULT_VSOCK_BUFFER, opts.warn);
     const port = vhci.attach(fd, devidOf(reply.device.busnum, reply.device.devnum), reply.device.speed);
-    return { port, device: reply.device };
+    return { port, device: reply.device, vsockBuffer };
   } finally {
     stream.destroy();
   }
