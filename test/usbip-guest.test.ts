@@ -22,9 +22,9 @@ const SCRIPT = `
 socat TCP-LISTEN:3240,bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:3240 &
 i=0; until usbip list -r 127.0.0.1 > /tmp/list 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; sleep 0.5; done
 sed 's/^/USB-LIST /' /tmp/list
-usbip attach -r 127.0.0.1 -b 1-1; echo "USB-ATTACH-RC $?"
+usbip attach -r 127.0.0.1 -b 1-3; echo "USB-ATTACH-RC $?"
 i=0; until [ -b /dev/sda ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
-echo "USB-DISK $(cat /sys/block/sda/size 2>/dev/null) $(cat /sys/block/sda/device/vendor 2>/dev/null)"
+echo "USB-DISK $(cat /sys/block/sda/size 2>/dev/null) $(cat /sys/block/sda/device/vendor 2>/dev/null) $(cat /sys/block/sda/queue/max_hw_sectors_kb 2>/dev/null)"
 mount -t ext4 /dev/sda /mnt; echo "USB-MOUNT-RC $?"
 echo "USB-HELLO $(cat /mnt/hello.txt)"
 echo "USB-BIG $(sha256sum /mnt/big.bin | cut -d' ' -f1)"
@@ -33,7 +33,7 @@ cp /tmp/new.bin /mnt/new.bin && sync
 echo "USB-WROTE $(sha256sum /tmp/new.bin | cut -d' ' -f1)"
 umount /mnt; echo "USB-UMOUNT-RC $?"
 usbip port | sed 's/^/USB-PORT /'
-usbip detach -p 0; echo "USB-DETACH-RC $?"
+usbip detach -p $(usbip port | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1); echo "USB-DETACH-RC $?"
 `;
 
 function marker(r: GuestResult, name: string): string[] {
@@ -61,8 +61,8 @@ describe('prism usbip serve under the Linux usbip tool and vhci-hcd (lab guest, 
       process.execPath,
       [
         '--import', 'tsx', 'src/cli/main.ts', 'usbip', 'serve', '--listen', `unix:${uds}_3240`,
-        '--device', `emulated:storage:${image}`, '--device', 'emulated:keyboard:Hi\\n',
-        '--allow', 'busid=1-1', '--allow', 'busid=1-2',
+        '--device', `emulated:storage:${image}`, '--device', 'emulated:keyboard:Hi\\n', '--device', `emulated:storage:${image}:hs`,
+        '--allow', 'busid=1-1', '--allow', 'busid=1-2', '--allow', 'busid=1-3',
       ],
       { cwd: REPO_ROOT, stdio: ['ignore', 'ignore', 'pipe'] },
     );
@@ -87,9 +87,13 @@ describe('prism usbip serve under the Linux usbip tool and vhci-hcd (lab guest, 
   it('lists, attaches, mounts the emulated disk, reads and writes a file, detaches; the image holds the write', async () => {
     const g = await runGuest({ script: SCRIPT, vhostUser: [{ kind: 'vsock', socket: path.join(dir, 'vu.sock') }], timeoutMs: 240_000 });
     const tail = `${guestTail(g, 80)}\n--- server log ---\n${serverLog.split('\n').slice(-30).join('\n')}`;
-    assert.match(g.console, /^USB-LIST .*1-1/m, tail);
+    assert.match(g.console, /^USB-LIST .*1-3/m, tail);
     assert.deepEqual(marker(g, 'USB-ATTACH-RC'), ['0'], tail);
-    assert.equal(marker(g, 'USB-DISK')[0], String((32 << 20) / 512), `the disk has the image's 512-byte sectors\n${tail}`);
+    const [sectors, vendor, maxKb] = marker(g, 'USB-DISK');
+    assert.equal(sectors, String((32 << 20) / 512), `the disk has the image's 512-byte sectors\n${tail}`);
+    assert.equal(vendor, 'prism', tail);
+    assert.equal(maxKb, '120', `usb-storage's high-speed transfer limit (240 sectors) for the :hs device\n${tail}`);
+    assert.match(g.console, /^USB-PORT .*High Speed/m, `1-3 sits on a high-speed vhci port\n${tail}`);
     assert.deepEqual(marker(g, 'USB-MOUNT-RC'), ['0'], tail);
     assert.deepEqual(marker(g, 'USB-HELLO'), ['hello', 'over', 'usbip']);
     assert.deepEqual(marker(g, 'USB-BIG'), [sha256(big)], 'a 512 KiB file read through vhci, usb-storage and prism\'s BOT/SCSI');
@@ -106,20 +110,24 @@ describe('prism usbip serve under the Linux usbip tool and vhci-hcd (lab guest, 
     const g = await runHostNode({
       args: ['--import', 'tsx', 'src/cli/main.ts', 'usbip', 'attach', 'vsock:2:3240', '1-1'],
       after: `i=0; until [ -b /dev/sda ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
+echo "USB-MAXKB $(cat /sys/block/sda/queue/max_hw_sectors_kb 2>/dev/null)"
 mount -t ext4 /dev/sda /mnt; echo "USB-MOUNT-RC $?"
 echo "USB-HELLO $(cat /mnt/hello.txt)"
 umount /mnt
 usbip port | sed 's/^/USB-PORT /'
-usbip detach -p 0; echo "USB-DETACH-RC $?"`,
+usbip detach -p $(usbip port | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1); echo "USB-DETACH-RC $?"`,
       vhostUser: [{ kind: 'vsock', socket: path.join(dir, 'vu.sock') }],
       timeoutMs: 240_000,
     });
     const tail = `${guestTail(g, 80)}\n--- server log ---\n${serverLog.split('\n').slice(-30).join('\n')}`;
     assert.equal(g.exitCode, 0, `prism usbip attach\n${tail}`);
-    assert.match(g.console, /attached 1-1 from vsock:2:3240 on vhci port 0/, tail);
+    const port = /attached 1-1 from vsock:2:3240 on vhci port (\d+)/.exec(g.console)?.[1];
+    assert.ok(port !== undefined, tail);
+    // The default emulated storage is SuperSpeed: vhci's SuperSpeed hub, and 1 MiB per SCSI command.
+    assert.match(g.console, new RegExp(`^USB-PORT .*Port ${port.padStart(2, '0')}: <Port in Use> at Super Speed`, 'm'), tail);
+    assert.deepEqual(marker(g, 'USB-MAXKB'), ['1024'], tail);
     assert.deepEqual(marker(g, 'USB-MOUNT-RC'), ['0'], tail);
     assert.deepEqual(marker(g, 'USB-HELLO'), ['hello', 'over', 'usbip']);
-    assert.match(g.console, /^USB-PORT .*Port 00: <Port in Use>/m, tail);
     assert.deepEqual(marker(g, 'USB-DETACH-RC'), ['0'], tail);
   });
 

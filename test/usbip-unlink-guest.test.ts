@@ -204,7 +204,7 @@ echo "U-BLK $(sha256sum /tmp/blk | cut -d' ' -f1)"
 dd if=/dev/sda of=/tmp/blk2 bs=${BLOCK} skip=${VANISH_BLOCK} count=1 iflag=direct 2>/dev/null
 echo "U-BLK2 $(sha256sum /tmp/blk2 | cut -d' ' -f1)"
 dmesg | grep -iE 'usb|sd |scsi' | tail -n 12 | sed 's/^/U-DMESG /'
-usbip detach -p 0; echo "U-DETACH-RC $?"
+usbip detach -p $(usbip port | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1); echo "U-DETACH-RC $?"
 `,
       vhostUser: vhostUser(),
       timeoutMs: 300_000,

@@ -37,7 +37,7 @@ function lazy<E extends Error>(load: () => Promise<{ open: (spec: string, locati
 
 /** kind → factory. */
 export const DEVICE_KINDS: Readonly<Record<string, DeviceFactory>> = {
-  /** emulated:storage:IMAGE[:ro], emulated:keyboard[:TEXT] (src/usbip/emulated). */
+  /** emulated:storage:IMAGE[:ro][:hs|:ss], emulated:keyboard[:TEXT] (src/usbip/emulated). */
   emulated: async (spec, location) => {
     try {
       return await createEmulated(spec, location);
@@ -175,7 +175,7 @@ export function usbipCommand(): Command {
     .command('serve')
     .description('export devices over USB/IP on every --listen address, to the importers --allow lets in')
     .option('--listen <addr>', 'an address to serve (repeatable): vsock:any:3240, hvsock:UDS:3240, unix:PATH, tcp:HOST:PORT, fd:N', collect, [])
-    .option('--device <spec>', 'a device to export (repeatable): emulated:storage:IMAGE[:ro], emulated:keyboard[:TEXT], kernel:BUSID', collect, [])
+    .option('--device <spec>', 'a device to export (repeatable): emulated:storage:IMAGE[:ro][:hs|:ss], emulated:keyboard[:TEXT], host:VID:PID, host:BUS-PORT, kernel:BUSID', collect, [])
     .option('--allow <rule>', 'let importers in (repeatable; default deny): KEY=VALUE,... with peer, busid, vidpid, class; or "any"', ruleArg, [])
     .option('--max-connections <n>', 'most connections at once', intArg(1, 65536), 64)
     .option('--max-connections-per-peer <n>', 'most connections at once from one peer (address without port)', intArg(1, 65536), 16)
@@ -185,7 +185,9 @@ export function usbipCommand(): Command {
       `
 Devices get bus IDs 1-1, 1-2, ... in the order of --device (what \`usbip list -r\` and
 \`prism usbip list\` show, and what an importer names to attach).
-  emulated:storage:IMAGE[:ro]   USB mass storage (bulk-only, SCSI) on an image file
+  emulated:storage:IMAGE[:ro][:hs|:ss]
+                                USB mass storage (bulk-only, SCSI) on an image file; SuperSpeed
+                                by default (1 MiB per SCSI command), :hs for high speed
   emulated:keyboard[:TEXT]      HID boot keyboard that types TEXT
   host:VID:PID | host:BUS-PORT  a device of this machine through libusb, taken from its drivers while imported
   kernel:BUSID                  a device of this machine (bus ID as in /sys/bus/usb/devices, e.g. 2-1.3)
