@@ -14,6 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { VsockServer } from '../src/vsock/server.js';
+import { DETACH_PORT_IN_USE, usbDiskWorkload } from './helpers/usbip.js';
 import { REPO_ROOT, guestTail, makeExt4Image, requireLab, runGuest, runHostNode, type GuestResult } from './helpers/lab.js';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -23,18 +24,7 @@ socat TCP-LISTEN:3240,bind=127.0.0.1,reuseaddr,fork VSOCK-CONNECT:2:3240 &
 i=0; until usbip list -r 127.0.0.1 > /tmp/list 2>&1; do i=$((i+1)); [ $i -gt 20 ] && break; sleep 0.5; done
 sed 's/^/USB-LIST /' /tmp/list
 usbip attach -r 127.0.0.1 -b 1-3; echo "USB-ATTACH-RC $?"
-i=0; until [ -b /dev/sda ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done
-echo "USB-DISK $(cat /sys/block/sda/size 2>/dev/null) $(cat /sys/block/sda/device/vendor 2>/dev/null) $(cat /sys/block/sda/queue/max_hw_sectors_kb 2>/dev/null)"
-mount -t ext4 /dev/sda /mnt; echo "USB-MOUNT-RC $?"
-echo "USB-HELLO $(cat /mnt/hello.txt)"
-echo "USB-BIG $(sha256sum /mnt/big.bin | cut -d' ' -f1)"
-dd if=/dev/urandom of=/tmp/new.bin bs=64k count=16 2>/dev/null
-cp /tmp/new.bin /mnt/new.bin && sync
-echo "USB-WROTE $(sha256sum /tmp/new.bin | cut -d' ' -f1)"
-umount /mnt; echo "USB-UMOUNT-RC $?"
-usbip port | sed 's/^/USB-PORT /'
-usbip detach -p $(usbip port | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1); echo "USB-DETACH-RC $?"
-`;
+${usbDiskWorkload('USB')}`;
 
 function marker(r: GuestResult, name: string): string[] {
   const m = new RegExp(`^${name} (.*)$`, 'm').exec(r.console);
@@ -115,7 +105,7 @@ mount -t ext4 /dev/sda /mnt; echo "USB-MOUNT-RC $?"
 echo "USB-HELLO $(cat /mnt/hello.txt)"
 umount /mnt
 usbip port | sed 's/^/USB-PORT /'
-usbip detach -p $(usbip port | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1); echo "USB-DETACH-RC $?"`,
+${DETACH_PORT_IN_USE}; echo "USB-DETACH-RC $?"`,
       vhostUser: [{ kind: 'vsock', socket: path.join(dir, 'vu.sock') }],
       timeoutMs: 240_000,
     });
@@ -146,7 +136,7 @@ echo "KBD-DEV $ev $(cat /sys/class/input/$ev/device/name 2>/dev/null)"
 cat /dev/input/$ev > /tmp/ev & p=$!
 sleep 4; kill $p
 od -An -tu2 -w24 -v /tmp/ev | awk '$9 == 1 { print "KBD-EV", $10, $11 }'
-usbip detach -p 0; echo "KBD-DETACH-RC $?"
+${DETACH_PORT_IN_USE}; echo "KBD-DETACH-RC $?"
 `,
       vhostUser: [{ kind: 'vsock', socket: path.join(dir, 'vu.sock') }],
       timeoutMs: 240_000,

@@ -23,6 +23,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { dial } from '../src/transport/index.js';
 import { VsockServer } from '../src/vsock/server.js';
+import { usbDiskWorkload } from './helpers/usbip.js';
 import { guestTail, makeExt4Image, requireLab, runHostNode, type GuestResult } from './helpers/lab.js';
 
 const GUEST_TIMEOUT_MS = 420_000;
@@ -90,17 +91,7 @@ sync; echo 3 > /proc/sys/vm/drop_caches
 echo "K-DONE"`;
 
 /** Guest 2, after `prism usbip attach` exits: use the disk, detach. */
-const APP_VM_AFTER = `
-i=0; until [ -b /dev/sda ]; do i=$((i+1)); [ $i -gt 600 ] && break; usleep 100000; done
-mount -t ext4 /dev/sda /mnt; echo "APP-MOUNT-RC $?"
-echo "APP-HELLO $(cat /mnt/hello.txt)"
-echo "APP-BIG $(sha256sum /mnt/big.bin | cut -d' ' -f1)"
-dd if=/dev/urandom of=/tmp/new.bin bs=64k count=16 2>/dev/null
-cp /tmp/new.bin /mnt/new.bin && sync
-echo "APP-WROTE $(sha256sum /tmp/new.bin | cut -d' ' -f1)"
-umount /mnt; echo "APP-UMOUNT-RC $?"
-usbip port | sed 's/^/APP-PORT /'
-usbip detach -p 0; echo "APP-DETACH-RC $?"`;
+const APP_VM_AFTER = usbDiskWorkload('APP');
 
 /** node -e: prism usbip serve with the bus ID guest 1 found (runHostNode's arguments are fixed). */
 const SERVE = `const b = require('node:fs').readFileSync('/tmp/busid', 'utf8').trim();

@@ -21,6 +21,7 @@ import { createEmulated } from '../src/usbip/emulated/index.js';
 import { UsbipPolicy } from '../src/usbip/policy.js';
 import { UsbipServer } from '../src/usbip/server.js';
 import { VsockServer } from '../src/vsock/server.js';
+import { DETACH_PORT_IN_USE } from './helpers/usbip.js';
 import { guestTail, requireLab, runGuest, type GuestResult } from './helpers/lab.js';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -204,7 +205,7 @@ echo "U-BLK $(sha256sum /tmp/blk | cut -d' ' -f1)"
 dd if=/dev/sda of=/tmp/blk2 bs=${BLOCK} skip=${VANISH_BLOCK} count=1 iflag=direct 2>/dev/null
 echo "U-BLK2 $(sha256sum /tmp/blk2 | cut -d' ' -f1)"
 dmesg | grep -iE 'usb|sd |scsi' | tail -n 12 | sed 's/^/U-DMESG /'
-usbip detach -p $(usbip port | sed -n 's/^Port \\([0-9]*\\): <Port in Use>.*/\\1/p' | head -n1); echo "U-DETACH-RC $?"
+${DETACH_PORT_IN_USE}; echo "U-DETACH-RC $?"
 `,
       vhostUser: vhostUser(),
       timeoutMs: 300_000,
