@@ -44,14 +44,19 @@
 // (A') it copies every byte twice more in the guest. SuperSpeed (C') lets usb-storage send 1 MiB
 // per SCSI command instead of 120 KiB (max_sectors_kb 1024), a ninth of the URB round trips, and
 // the guest answers with half the CREDIT_UPDATEs; its 1 MiB replies exceed the guest socket's
-// 256 KiB vsock buffer, so the device waits for credit about once per command (importing with a
-// larger SO_VM_SOCKETS_BUFFER_SIZE would lift that). UAS (several commands in flight) was not tried.
+// 256 KiB vsock buffer, so at that size the device waits for credit about once per command
+// (46-64 credit stalls per 64 MiB). `prism usbip attach` now sets the socket's
+// SO_VM_SOCKETS_BUFFER_SIZE (--vsock-buffer, default 2 MiB): the stalls go to 0, but the rate does
+// not measurably change, since the guest's CPU is the limit (2026-11-25, `--rows
+// prism-attach-hs,prism-attach-ss --vsock-buffer 0,2M,4M`, median of 3 interleaved, one boot:
+// C 15.6 / 14.0 / 17.6, C' 16.9 / 17.0 / 17.0 MB/s; single runs spread 11.6-20.5).
+// UAS (several commands in flight) was not tried.
 //
 // Last run (`npm run bench:usbip`, 64 MiB, median of 3, one boot, host shared with other guests):
 //   A 1.9, A' 9.8, C 14.9, C' 18.9 MB/s; B 13.6, B' 14.9 MB/s. Before this bench had rows C and C'
 //   (and before :ss existed) the best prism row was A', 7.3-10.4 MB/s in earlier runs.
 //
-//   node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--rows ID,...] [--keep]
+//   node --import tsx bench/usbip.ts [--quick] [--mib N] [--reps N] [--rows ID,...] [--vsock-buffer B,...] [--keep]
 //   npm run bench:usbip -- [options]
 //   PRISM_BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=DIR' adds node options to the host's prism processes.
 //
