@@ -32,34 +32,10 @@ export interface UsbipErrorDetails {
   seqnum?: number;
 }
 
-export class ProtocolError extends Error {
-  override readonly name = 'ProtocolError';
-  readonly code = 'ERR_USBIP_FRAMING';
+/** What the two codec errors share: why, and which message (code, seqnum) when readable. */
+abstract class UsbipCodecError extends Error {
   readonly reason: UsbipErrorReason;
-  /** The command or operation code of the message that could not be framed, if readable. */
-  readonly messageCode: number | undefined;
-  readonly seqnum: number | undefined;
-  constructor(message: string, reason: UsbipErrorReason, details: UsbipErrorDetails = {}) {
-    // No stack trace: a peer can make a decoder throw one of these per message it sends, the
-    // stack would only ever point into the codec, and building it costs more than the decoding.
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    try {
-      super(message);
-    } finally {
-      Error.stackTraceLimit = limit;
-    }
-    this.reason = reason;
-    this.messageCode = details.code;
-    this.seqnum = details.seqnum;
-  }
-}
-
-export class DecodeError extends Error {
-  override readonly name = 'DecodeError';
-  readonly code = 'ERR_USBIP_DECODE';
-  readonly reason: UsbipErrorReason;
-  /** The command or operation code of the malformed message, if readable. */
+  /** The command or operation code of the message, if readable. */
   readonly messageCode: number | undefined;
   /** Its seqnum (PDUs), if readable. */
   readonly seqnum: number | undefined;
@@ -77,4 +53,16 @@ export class DecodeError extends Error {
     this.messageCode = details.code;
     this.seqnum = details.seqnum;
   }
+}
+
+/** The stream cannot be framed (the connection must end). */
+export class ProtocolError extends UsbipCodecError {
+  override readonly name = 'ProtocolError';
+  readonly code = 'ERR_USBIP_FRAMING';
+}
+
+/** One message is malformed but framed (it is refused; the stream goes on). */
+export class DecodeError extends UsbipCodecError {
+  override readonly name = 'DecodeError';
+  readonly code = 'ERR_USBIP_DECODE';
 }
