@@ -5,6 +5,7 @@
 // - DecodeError: one whole frame is malformed or of an unknown type. The stream stays framed, so a
 //   server answers Rlerror(errno) with the tag and carries on.
 import { Errno, NOTAG } from './constants.js';
+import { StacklessError } from '../stackless-error.js';
 
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
@@ -30,7 +31,7 @@ export interface DecodeErrorDetails {
   cause?: unknown;
 }
 
-export class DecodeError extends Error {
+export class DecodeError extends StacklessError {
   override readonly name = 'DecodeError';
   readonly code = 'ERR_9P_DECODE';
   /** Tag to answer on (NOTAG if the header was unreadable). */
@@ -43,16 +44,7 @@ export class DecodeError extends Error {
    */
   readonly errno: number;
   constructor(message: string, details: DecodeErrorDetails = {}) {
-    // No stack trace: a peer can make a server build one of these per frame it sends, capturing a
-    // stack was most of the cost of rejecting a bad frame, and the stack would only ever point into
-    // decode.ts. The message says what was wrong and where.
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    try {
-      super(message, details.cause === undefined ? undefined : { cause: details.cause });
-    } finally {
-      Error.stackTraceLimit = limit;
-    }
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
     this.tag = details.tag ?? NOTAG;
     this.messageType = details.messageType;
     this.errno = details.errno ?? Errno.EPROTO;

@@ -10,6 +10,7 @@
 //   an error status, OP_REP_IMPORT with an error status) and carries on. The pure decoders, which
 //   are given one message's bytes, report everything as DecodeError (with 'short' and 'length'
 //   for bytes that do not match the message).
+import { StacklessError } from '../stackless-error.js';
 
 /**
  * - 'short': fewer bytes than the message needs.
@@ -33,22 +34,14 @@ export interface UsbipErrorDetails {
 }
 
 /** What the two codec errors share: why, and which message (code, seqnum) when readable. */
-abstract class UsbipCodecError extends Error {
+abstract class UsbipCodecError extends StacklessError {
   readonly reason: UsbipErrorReason;
   /** The command or operation code of the message, if readable. */
   readonly messageCode: number | undefined;
   /** Its seqnum (PDUs), if readable. */
   readonly seqnum: number | undefined;
   constructor(message: string, reason: UsbipErrorReason, details: UsbipErrorDetails = {}) {
-    // No stack trace: a peer can make a decoder throw one of these per message it sends, the
-    // stack would only ever point into the codec, and building it costs more than the decoding.
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    try {
-      super(message);
-    } finally {
-      Error.stackTraceLimit = limit;
-    }
+    super(message);
     this.reason = reason;
     this.messageCode = details.code;
     this.seqnum = details.seqnum;

@@ -7,6 +7,7 @@
 //   number of fds. The stream stays framed. What to do is the back-end's choice: the spec expects a
 //   back-end to close the connection on errors it cannot report, and to answer a failed REPLY_ACK
 //   when the front-end asked for one (needReply).
+import { StacklessError } from '../stackless-error.js';
 
 export type ProtocolErrorReason = 'size' | 'fds';
 
@@ -47,7 +48,7 @@ export interface DecodeErrorDetails {
   cause?: unknown;
 }
 
-export class DecodeError extends Error {
+export class DecodeError extends StacklessError {
   override readonly name = 'DecodeError';
   readonly code = 'ERR_VHOST_USER_DECODE';
   readonly reason: DecodeErrorReason;
@@ -58,15 +59,7 @@ export class DecodeError extends Error {
   /** Whether the sender asked for a REPLY_ACK; a back-end can then answer a failure. */
   readonly needReply: boolean;
   constructor(message: string, details: DecodeErrorDetails) {
-    // No stack trace: a peer can make a back-end build one of these per message it sends, and the
-    // stack would only ever point into decode.ts. The message says what was wrong and where.
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    try {
-      super(message, details.cause === undefined ? undefined : { cause: details.cause });
-    } finally {
-      Error.stackTraceLimit = limit;
-    }
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
     this.reason = details.reason;
     this.request = details.request;
     this.requestName = details.requestName;

@@ -2,6 +2,7 @@
 // (the undici pattern). The header, when it could be read, rides along: a device answers most bad
 // packets with an RST to the ports they name, and needs them for that.
 import type { VsockHeader } from './header.js';
+import { StacklessError } from '../stackless-error.js';
 
 /**
  * - 'short': fewer than 44 bytes, no header to read.
@@ -14,22 +15,14 @@ import type { VsockHeader } from './header.js';
  */
 export type VsockDecodeReason = 'short' | 'cid' | 'length' | 'too-long' | 'type' | 'op';
 
-export class VsockDecodeError extends Error {
+export class VsockDecodeError extends StacklessError {
   override readonly name = 'VsockDecodeError';
   readonly code = 'ERR_VSOCK_DECODE';
   readonly reason: VsockDecodeReason;
   /** The header as read, when there was one to read (every reason but 'short' and 'cid'). */
   readonly header: VsockHeader | undefined;
   constructor(message: string, reason: VsockDecodeReason, header?: VsockHeader) {
-    // No stack trace: a guest can make the device build one of these per packet it sends, and the
-    // stack would only point into the codec. The message says what was wrong.
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    try {
-      super(message);
-    } finally {
-      Error.stackTraceLimit = limit;
-    }
+    super(message);
     this.reason = reason;
     this.header = header;
   }

@@ -1,6 +1,7 @@
 // USB Mass Storage Class Bulk-Only Transport 1.0 wrappers: the 31-byte Command Block Wrapper the
 // host sends on bulk OUT (section 5.1) and the 13-byte Command Status Wrapper the device answers on
 // bulk IN (section 5.2). Pure; little-endian fields. decodeCbw throws only CbwError.
+import { StacklessError } from '../../codecs/stackless-error.js';
 
 export const CBW_SIZE = 31;
 export const CSW_SIZE = 13;
@@ -42,21 +43,14 @@ export interface Csw {
  */
 export type CbwErrorReason = 'length' | 'signature' | 'flags' | 'lun' | 'cb-length';
 
-export class CbwError extends Error {
+export class CbwError extends StacklessError {
   override readonly name = 'CbwError';
   readonly code = 'ERR_USB_MSC_CBW';
   readonly reason: CbwErrorReason;
   /** Whether the CBW was valid (only its contents were not meaningful). */
   readonly valid: boolean;
   constructor(reason: CbwErrorReason, message: string) {
-    // No stack: hostile input can make one per URB.
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    try {
-      super(message);
-    } finally {
-      Error.stackTraceLimit = limit;
-    }
+    super(message);
     this.reason = reason;
     this.valid = reason !== 'length' && reason !== 'signature';
   }

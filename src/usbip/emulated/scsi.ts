@@ -7,6 +7,7 @@
 // START STOP UNIT, REQUEST SENSE) plus the 6-, 12- and 16-byte READ/WRITE other hosts use.
 // Field layouts cite SPC-4 (INQUIRY, REQUEST SENSE, MODE SENSE, TEST UNIT READY, PREVENT ALLOW)
 // and SBC-3 (READ/WRITE, READ CAPACITY, SYNCHRONIZE CACHE, START STOP UNIT).
+import { StacklessError } from '../../codecs/stackless-error.js';
 
 /** Operation codes (SPC-4 annex D). */
 export const Opcode = {
@@ -74,7 +75,7 @@ export type AscName = keyof typeof Asc;
  * A command the device server refuses: CHECK CONDITION with this sense. The one error the parser
  * throws, for any bytes. No stack: a host can make the device build one per command it sends.
  */
-export class ScsiSenseError extends Error {
+export class ScsiSenseError extends StacklessError {
   override readonly name = 'ScsiSenseError';
   readonly code = 'ERR_SCSI_CHECK_CONDITION';
   readonly senseName: AscName;
@@ -82,13 +83,7 @@ export class ScsiSenseError extends Error {
   /** The operation code of the refused CDB (-1 for an empty CDB). */
   readonly opcode: number;
   constructor(senseName: AscName, opcode: number, detail: string, cause?: unknown) {
-    const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 0;
-    try {
-      super(`${senseName.replace(/_/g, ' ')}: ${detail}`, cause === undefined ? undefined : { cause });
-    } finally {
-      Error.stackTraceLimit = limit;
-    }
+    super(`${senseName.replace(/_/g, ' ')}: ${detail}`, cause === undefined ? undefined : { cause });
     this.senseName = senseName;
     this.sense = Asc[senseName];
     this.opcode = opcode;
