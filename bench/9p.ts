@@ -24,7 +24,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { NinePClient } from '../src/9p/client.js';
 import { labPaths, runGuest } from '../lab/guest.js';
-import { REPO, alive, CLK_TCK, cpuSeconds, distStale, fmt, killAllNow, machineBusySeconds, median, sleep, stopChild, track } from './common.js';
+import { REPO, alive, benchSession, CLK_TCK, cpuSeconds, distStale, fmt, machineBusySeconds, median, sleep, track } from './common.js';
 
 const MiB = 1024 * 1024;
 
@@ -448,15 +448,7 @@ async function main(): Promise<void> {
   const base = opt.dir ?? (fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir());
   const work = fs.mkdtempSync(path.join(base, 'prism-bench-'));
   fs.chmodSync(work, 0o755); // diod squashes to the attaching user: the export must be traversable
-  const controller = new AbortController();
-  const onSignal = (): void => {
-    controller.abort();
-    killAllNow();
-    if (!opt.keep) fs.rmSync(work, { recursive: true, force: true });
-    process.exit(130);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const session = benchSession(work, opt.keep, log);
   const servers: Partial<Record<ServerName, Server>> = {};
   try {
     log(`preparing ${work}: ${cfg.bigMiB} MiB random file, ${cfg.smallFiles} small files`);
@@ -472,7 +464,7 @@ async function main(): Promise<void> {
     const wall0 = performance.now();
 
     if (only.has('diodcat')) await benchDiodcat(all, ds);
-    if (only.has('guest')) await benchGuest(all, ds, controller.signal);
+    if (only.has('guest')) await benchGuest(all, ds, session.signal);
     if (only.has('meta')) await benchMeta(all, ds);
 
     for (const n of SERVERS) if (!alive(all[n].child)) throw new Error(`${n} died during the bench; log:\n${fs.readFileSync(all[n].logPath, 'utf8')}`);
@@ -506,12 +498,7 @@ async function main(): Promise<void> {
       log(`wrote ${opt.json}`);
     }
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await Promise.all(Object.values(servers).map((s) => stopChild(s.child)));
-    killAllNow(); // any diodcat still running after an error
-    if (opt.keep) log(`kept ${work}`);
-    else fs.rmSync(work, { recursive: true, force: true });
+    await session.end(Object.values(servers).map((s) => s.child)); // and any diodcat still running after an error
   }
 }
 

@@ -111,3 +111,37 @@ export function killAllNow(): void {
     }
   }
 }
+
+export interface BenchSession {
+  /** Aborted on SIGINT/SIGTERM (just before the process exits). */
+  readonly signal: AbortSignal;
+  /** Stops `children` (SIGTERM, then SIGKILL), kills any other tracked child, and keeps or removes the work directory. */
+  end(children: readonly ChildProcess[]): Promise<void>;
+}
+
+/**
+ * A bench run's lifetime around its work directory: SIGINT/SIGTERM abort the signal, kill every
+ * tracked child, remove `work` (unless `keep`) and exit 130; end() is the normal way out.
+ */
+export function benchSession(work: string, keep: boolean, log: (msg: string) => void): BenchSession {
+  const controller = new AbortController();
+  const onSignal = (): void => {
+    controller.abort();
+    killAllNow();
+    if (!keep) fs.rmSync(work, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return {
+    signal: controller.signal,
+    async end(children) {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      await Promise.all(children.map((c) => stopChild(c)));
+      killAllNow();
+      if (keep) log(`kept ${work}`);
+      else fs.rmSync(work, { recursive: true, force: true });
+    },
+  };
+}

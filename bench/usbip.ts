@@ -67,7 +67,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { labPaths, runGuest, type GuestFile } from '../lab/guest.js';
-import { REPO, alive, cpuSeconds, distStale, killAllNow, median, sleep, stopChild, track } from './common.js';
+import { REPO, alive, benchSession, cpuSeconds, distStale, median, sleep, track } from './common.js';
 
 const MiB = 1024 * 1024;
 const GUEST_CID = 3;
@@ -373,13 +373,7 @@ async function main(): Promise<void> {
   const lab = labPaths();
   const t0 = performance.now();
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'prism-bench-usbip-'));
-  const onSignal = (): void => {
-    killAllNow();
-    if (!opt.keep) fs.rmSync(work, { recursive: true, force: true });
-    process.exit(130);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const session = benchSession(work, opt.keep, log);
   const procs: Proc[] = [];
   try {
     const image = path.join(work, 'disk.img');
@@ -436,6 +430,7 @@ async function main(): Promise<void> {
       vhostUser: [{ kind: 'vsock', socket: vu }],
       memoryMiB: 1024,
       timeoutMs: 1_500_000,
+      signal: session.signal, // Ctrl-C stops QEMU too
       extraArgs: ['-virtfs', `local,path=/,mount_tag=${HOSTROOT_TAG},security_model=none,readonly=on,multidevs=remap`],
       consoleLog: path.join(work, 'console.log'),
       onConsole: (text) => {
@@ -516,12 +511,7 @@ async function main(): Promise<void> {
     ];
     process.stdout.write(`${out.join('\n')}\n`);
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await Promise.all(procs.map((p) => stopChild(p.child)));
-    killAllNow();
-    if (opt.keep) log(`kept ${work}`);
-    else fs.rmSync(work, { recursive: true, force: true });
+    await session.end(procs.map((p) => p.child));
   }
 }
 

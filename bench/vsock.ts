@@ -31,7 +31,7 @@ import type { Duplex } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { labPaths, runGuest } from '../lab/guest.js';
 import { dial, listen, type Listener } from '../src/transport/index.js';
-import { REPO, alive, cpuSeconds, distStale, fmt, killAllNow, median, sleep, stopChild, track } from './common.js';
+import { REPO, alive, benchSession, cpuSeconds, distStale, fmt, median, sleep, stopChild, track } from './common.js';
 
 const MiB = 1024 * 1024;
 const GUEST_CID = 3;
@@ -454,15 +454,7 @@ async function main(): Promise<void> {
   const uds = path.join(work, 'hv.sock');
   const serialSock = path.join(work, 'p9.sock');
   const rawSock = path.join(work, 'raw.sock');
-  const controller = new AbortController();
-  const onSignal = (): void => {
-    controller.abort();
-    killAllNow();
-    if (!opt.keep) fs.rmSync(work, { recursive: true, force: true });
-    process.exit(130);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const session = benchSession(work, opt.keep, log);
   const procs: Proc[] = [];
   const mk = (id: Row['id'], label: string, commands: Record<PathName, string>): Row => ({ id, label, samples: { vsock: [], serial: [] }, commands });
   const b = cfg.socatBuffer;
@@ -497,7 +489,7 @@ async function main(): Promise<void> {
     if (Number(load0.split(' ')[0]) > 0.5) log(`warning: the machine is busy (load ${load0}): expect noisy numbers`);
     const cpu: CpuMeter = () => cpuSeconds(vsock.pid) + cpuSeconds(ninep.pid);
 
-    await runBench(work, uds, serialSock, rawSock, cpu, rows, notes, controller.signal);
+    await runBench(work, uds, serialSock, rawSock, cpu, rows, notes, session.signal);
 
     for (const p of procs) if (!alive(p.child)) throw new Error(`${p.name} died during the bench; log:\n${fs.readFileSync(p.logPath, 'utf8')}`);
     await stopChild(vsock.child);
@@ -555,12 +547,7 @@ async function main(): Promise<void> {
       log(`wrote ${opt.json}`);
     }
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await Promise.all(procs.map((p) => stopChild(p.child)));
-    killAllNow();
-    if (opt.keep) log(`kept ${work}`);
-    else fs.rmSync(work, { recursive: true, force: true });
+    await session.end(procs.map((p) => p.child));
   }
 }
 
