@@ -24,6 +24,7 @@ import { MemoryImage, ScsiDisk } from '../src/usbip/emulated/disk.js';
 import { StorageDevice, storageSpec, STORAGE_EP_IN, STORAGE_EP_OUT } from '../src/usbip/emulated/storage.js';
 import { BOOT_KEYBOARD_REPORT_DESCRIPTOR, KeyboardDevice, keyboardSpec, reportsFor } from '../src/usbip/emulated/keyboard.js';
 import { createEmulated, EmulatedSpecError, parseEmulatedSpec } from '../src/usbip/emulated/index.js';
+import { setupPacket } from '../src/usbip/emulated/ch9.js';
 import type { Urb, UrbResult, UsbDevice } from '../src/usbip/device.js';
 
 const EPIPE = -32;
@@ -39,15 +40,7 @@ function makeUrb(u: Partial<Urb> & Pick<Urb, 'direction' | 'endpoint'>): Urb {
   return { seqnum: ++seqnum, transferFlags: 0, transferBufferLength: 0, setup: Buffer.alloc(8), data: Buffer.alloc(0), startFrame: 0, numberOfPackets: 0, interval: 0, isoPackets: [], ...u };
 }
 
-function setup(bmRequestType: number, bRequest: number, wValue: number, wIndex: number, wLength: number): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeUInt8(bmRequestType, 0);
-  b.writeUInt8(bRequest, 1);
-  b.writeUInt16LE(wValue, 2);
-  b.writeUInt16LE(wIndex, 4);
-  b.writeUInt16LE(wLength, 6);
-  return b;
-}
+const setup = setupPacket;
 
 /** One control transfer on endpoint 0, as usb_control_msg submits it. */
 function control(dev: UsbDevice, bmRequestType: number, bRequest: number, wValue: number, wIndex: number, wLength: number, data?: Buffer): Promise<UrbResult> {
