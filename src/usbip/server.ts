@@ -128,6 +128,8 @@ export class UsbipServer {
   private readonly devices = new Map<string, UsbDevice>();
   /** busid → the connection that imported it (for a handed-off device, until the kernel lets go). */
   private readonly claims = new Map<string, UsbipConnection>();
+  /** busid → why, for devices that are gone for good (vanished). */
+  private readonly gone = new Map<string, string>();
   private readonly connections = new Set<UsbipConnection>();
   private readonly listeners: Listener[] = [];
   readonly policy: UsbipPolicy;
@@ -164,9 +166,6 @@ export class UsbipServer {
     this.log = opts.log ?? (() => undefined);
     for (const d of devices) void d.vanished?.then((why) => this.vanish(d, why));
   }
-
-  /** busid → why, for devices that are gone for good. */
-  private readonly gone = new Map<string, string>();
 
   private vanish(d: UsbDevice, why: string): void {
     const busid = d.info.busid;
